@@ -1,0 +1,89 @@
+"""Settings of the example project. Environment variables:
+
+- ``DATABASE_URL``: ``postgres://user:password@host:port/name`` or ``sqlite:///file`` (default:
+  a SQLite file inside the project).
+- ``CANDLEPIN_BROKER_URL``: ``stomp://user:password@host:port`` (default: RabbitMQ's STOMP on
+  localhost with guest/guest).
+- ``CANDLEPIN_QUEUE``: the STOMP destination (default ``/queue/katello.candlepin``).
+- ``KATELLO_EVENTS_LOCK_FILE``: the election lock file (default: inside ``var/``).
+"""
+
+import os
+from pathlib import Path
+
+from example_project.database_url import parse_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-project-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "katello_events",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "example_project.urls"
+WSGI_APPLICATION = "example_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": parse_database_url(os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"), BASE_DIR),
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_TZ = True
+STATIC_URL = "static/"
+
+KATELLO_EVENTS = {
+    "LOCK_FILE": os.environ.get("KATELLO_EVENTS_LOCK_FILE", str(BASE_DIR / "var" / "katello_events.lock")),
+    "HANDLERS": {
+        "katello_events": {"BACKEND": "katello_events.handlers.event_queue.EventQueueHandler"},
+        "candlepin_events": {
+            "BACKEND": "katello_events.handlers.candlepin.CandlepinHandler",
+            "OPTIONS": {
+                "BROKER_URL": os.environ.get("CANDLEPIN_BROKER_URL", "stomp://guest:guest@127.0.0.1:61613"),
+                "DESTINATION": os.environ.get("CANDLEPIN_QUEUE", "/queue/katello.candlepin"),
+            },
+        },
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {"katello_events": {"handlers": ["console"], "level": os.environ.get("KATELLO_EVENTS_LOG_LEVEL", "INFO")}},
+}

@@ -1,0 +1,21 @@
+"""The app config. ``ready()`` only wires: it starts no thread and queries no database."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class KatelloEventsConfig(AppConfig):
+    name = "katello_events"
+    verbose_name = "Katello events"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.core.signals import request_started, setting_changed
+
+        from katello_events import checks  # noqa: F401  (registers the system checks)
+        from katello_events.conf import reset_config
+        from katello_events.signals import start_on_first_request
+
+        setting_changed.connect(reset_config, dispatch_uid="katello_events.reset_config")
+        request_started.connect(start_on_first_request, dispatch_uid="katello_events.autostart")

@@ -1,0 +1,113 @@
+"""System checks (IDs are stable; every one is listed in ``docs/checks.md``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+from django.utils.module_loading import import_string
+
+from katello_events.conf import DEFAULTS, get_config
+
+#: Positive numbers, in seconds.
+_INTERVALS = (
+    "STANDBY_INTERVAL", "HEARTBEAT_INTERVAL", "STALE_AFTER", "STALL_TIMEOUT", "STOP_TIMEOUT",
+    "RESTART_BACKOFF", "RESTART_BACKOFF_MAX", "START_RETRY_DELAY",
+)
+_DETAIL_AUDIENCES = ("staff", "authenticated", "everyone", "nobody")
+
+
+@register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    user = getattr(settings, "KATELLO_EVENTS", {})
+    if not isinstance(user, dict):
+        return [Error("KATELLO_EVENTS must be a dict.", id="katello_events.E001")]
+    messages: list[CheckMessage] = [
+        Warning(
+            f"Unknown KATELLO_EVENTS key {key!r}.",
+            hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+            id="katello_events.W001",
+        )
+        for key in sorted(set(user) - set(DEFAULTS))
+    ]
+    config = get_config()
+    messages += _check_intervals(config)
+    messages += _check_handlers(config.get("HANDLERS"))
+    messages += _check_lock_file(config["LOCK_FILE"])
+    if config.get("DETAILS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
+        messages.append(Error(
+            "KATELLO_EVENTS['DETAILS_VISIBLE_TO'] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
+            id="katello_events.E005",
+        ))
+    return messages
+
+
+def _check_intervals(config: dict[str, Any]) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for key in _INTERVALS:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            messages.append(Error(
+                f"KATELLO_EVENTS[{key!r}] must be a positive number of seconds, not {value!r}.",
+                id="katello_events.E004",
+            ))
+    if messages:
+        return messages
+    if config["STALE_AFTER"] < 3 * config["HEARTBEAT_INTERVAL"]:
+        messages.append(Warning(
+            "KATELLO_EVENTS['STALE_AFTER'] is less than three heartbeat intervals.",
+            hint="A busy database or a slow heartbeat would then make a healthy runner read as "
+            "'not running'. Use at least 3 x HEARTBEAT_INTERVAL.",
+            id="katello_events.W002",
+        ))
+    return messages
+
+
+def _check_handlers(handlers: Any) -> list[CheckMessage]:
+    from katello_events.handlers.base import Handler
+
+    if not isinstance(handlers, dict) or not all(isinstance(s, dict) and "BACKEND" in s for s in handlers.values()):
+        return [Error(
+            "KATELLO_EVENTS['HANDLERS'] must map names to {'BACKEND': 'dotted.path', 'OPTIONS': {...}}.",
+            id="katello_events.E001",
+        )]
+    messages: list[CheckMessage] = []
+    for name, spec in handlers.items():
+        try:
+            backend = import_string(spec["BACKEND"])
+        except ImportError as exc:
+            messages.append(Error(
+                f"Handler {name!r}: cannot import {spec['BACKEND']!r}: {exc}", id="katello_events.E002"
+            ))
+            continue
+        if not (isinstance(backend, type) and issubclass(backend, Handler)):
+            messages.append(Error(
+                f"Handler {name!r}: {spec['BACKEND']!r} is not a katello_events.handlers.Handler subclass.",
+                id="katello_events.E002",
+            ))
+    return messages
+
+
+def _check_lock_file(path: str) -> list[CheckMessage]:
+    # Never open the file here: in the runner process, closing any descriptor of the lock
+    # file would release the lock.
+    folder = os.path.dirname(path) or "."
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "."
+    problem = None
+    if os.path.islink(path):
+        problem = "it is a symlink"
+    elif os.path.exists(path) and not os.path.isfile(path):
+        problem = "it is not a regular file"
+    elif not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"the folder {existing!r} is not writable"
+    if problem is None:
+        return []
+    return [Error(
+        f"The election lock file {path!r} cannot be used: {problem}.",
+        hint="Set KATELLO_EVENTS['LOCK_FILE'] to a path in a folder the server user can write.",
+        id="katello_events.E003",
+    )]

@@ -1,0 +1,158 @@
+"""The runner: wins the election, then runs and supervises the handlers and heartbeats their status."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+from django.db import DatabaseError, connections
+
+from katello_events.conf import get_config, handler_specs
+from katello_events.election import FileLockElection, LockFileError
+from katello_events.handlers.base import describe_error
+from katello_events.redaction import get_logger
+from katello_events.status.store import RunnerIdentity, StatusStore
+from katello_events.supervisor import Supervisor
+
+logger = get_logger(__name__)
+
+
+class Runner:
+    """Competes for the runner role and, while it holds it, runs the configured handlers.
+
+    Lifecycle:
+
+    - :meth:`start` runs the control loop in a daemon thread (web workers);
+      :meth:`run` runs it in the calling thread (``run_event_daemon``).
+    - The control loop is a standby until the election is won: one non-blocking attempt every
+      ``STANDBY_INTERVAL``, no database connection. Once won it leads: claims the status rows,
+      starts every handler under a :class:`Supervisor`, then every ``HEARTBEAT_INTERVAL`` checks
+      it still holds the lock (fencing), restarts crashed handlers and writes the heartbeat.
+    - :meth:`stop` (any thread, idempotent) ends the loop: handlers finish the unit in hand
+      (bounded by ``STOP_TIMEOUT``), the rows say "not running", and only then is the lock
+      released, so two runners never overlap.
+    - Winning the lock but failing to start (tables not migrated, a bad handler path) releases
+      the lock at once and competes again after ``START_RETRY_DELAY``: a broken process never
+      blocks failover.
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None, election: FileLockElection | None = None) -> None:
+        self.config = config or get_config()
+        self.election = election or FileLockElection(self.config["LOCK_FILE"])
+        self.identity = RunnerIdentity(hostname=socket.gethostname(), pid=os.getpid())
+        self.leading = threading.Event()  #: set while this process is the runner
+        self.finished = threading.Event()  #: set once the control loop has exited
+        self._stop_requested = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_complaint: str | None = None
+        self._wedged = False
+
+    # -- public lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the control loop in a daemon thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name="katello-events:runner", daemon=True)
+            self._thread.start()
+
+    def run(self) -> None:
+        """The control loop, in the calling thread, until :meth:`stop`."""
+        config = self.config
+        try:
+            while not self._stop_requested.is_set() and not self._wedged:
+                if not self._won_election():
+                    self._stop_requested.wait(config["STANDBY_INTERVAL"])
+                elif not self._lead():
+                    self._stop_requested.wait(config["START_RETRY_DELAY"])
+        finally:
+            connections.close_all()
+            self.finished.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop leading or waiting; True once the control loop has exited within ``timeout``."""
+        self._stop_requested.set()
+        if timeout is None:
+            timeout = self.config["STOP_TIMEOUT"] + 2 * self.config["HEARTBEAT_INTERVAL"]
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return self.finished.is_set() or self._thread is None
+
+    # -- standby ---------------------------------------------------------------------------------
+
+    def _won_election(self) -> bool:
+        try:
+            return self.election.try_acquire()
+        except (LockFileError, OSError) as exc:
+            self._complain(f"cannot use the election lock: {describe_error(exc)}")
+            self._stop_requested.wait(self.config["START_RETRY_DELAY"])
+            return False
+
+    def _complain(self, message: str) -> None:
+        """Log a standby problem once, not once per attempt."""
+        if message != self._last_complaint:
+            logger.error(message, extra={"pid": self.identity.pid})
+            self._last_complaint = message
+
+    # -- leading ---------------------------------------------------------------------------------
+
+    def _lead(self) -> bool:
+        """Lead until stopped or fenced; False when starting failed (the lock is released then)."""
+        specs = handler_specs()
+        store = StatusStore(self.identity, list(specs))
+        try:
+            supervisor = Supervisor(specs, self.config)
+            store.claim()
+        except Exception as exc:
+            self._complain(f"won the election but could not start the handlers: {describe_error(exc)}")
+            self.election.release()
+            connections.close_all()
+            return False
+        self._last_complaint = None
+        self.leading.set()
+        logger.info(
+            "this process is now the katello_events runner (%s)", self.election.describe(),
+            extra={"pid": self.identity.pid, "handlers": list(specs)},
+        )
+        try:
+            self._supervise_until_stopped(supervisor, store)
+        finally:
+            self._step_down(supervisor, store)
+        return True
+
+    def _supervise_until_stopped(self, supervisor: Supervisor, store: StatusStore) -> None:
+        supervisor.supervise()
+        self._heartbeat(supervisor, store)
+        while not self._stop_requested.wait(self.config["HEARTBEAT_INTERVAL"]):
+            if not self.election.still_held():
+                logger.error("the election lock was lost (lock file removed or replaced); stepping down")
+                return
+            supervisor.supervise()
+            self._heartbeat(supervisor, store)
+
+    def _heartbeat(self, supervisor: Supervisor, store: StatusStore) -> None:
+        try:
+            store.heartbeat(supervisor.snapshots())
+        except DatabaseError as exc:
+            # The handlers report their own database trouble; the counters stay pending here
+            # and are flushed by the first heartbeat that gets through.
+            logger.warning("status heartbeat failed: %s", describe_error(exc))
+            connections["default"].close()
+
+    def _step_down(self, supervisor: Supervisor, store: StatusStore) -> None:
+        stopped = supervisor.stop(self.config["STOP_TIMEOUT"])
+        try:
+            store.release(supervisor.snapshots())
+        except DatabaseError as exc:
+            logger.warning("could not mark the handlers stopped: %s", describe_error(exc))
+        self.leading.clear()
+        if stopped:
+            self.election.release()
+            logger.info("this process is no longer the katello_events runner", extra={"pid": self.identity.pid})
+        else:
+            # A Python thread cannot be killed. Releasing the lock now could let a second
+            # runner start beside a handler still running here, so the lock is kept until this
+            # process exits; the status rows go stale and read "not running" meanwhile.
+            self._wedged = True
+            logger.critical("handlers did not stop; keeping the runner lock until this process exits")

@@ -1,0 +1,1 @@
+"""Status rows: written by the runner (``store``), read and judged by everyone else (``report``)."""

@@ -1,0 +1,120 @@
+"""The reader's side of the status rows: one status document for every surface.
+
+/api/ping, /about/ and ``manage.py ping`` all render :func:`collect_status`; it never raises:
+a missing row, a stale heartbeat or an unreachable database become FAIL services.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError, connections
+from django.db.models.functions import Now
+
+from katello_events.conf import get_config
+from katello_events.handlers.base import describe_error
+from katello_events.models import HandlerStatus
+from katello_events.redaction import redact
+
+OK, WARN, FAIL = "ok", "WARN", "FAIL"
+
+#: Keys of a service entry that only trusted readers see (see ``DETAILS_VISIBLE_TO``).
+DETAIL_KEYS = ("runner", "last_error", "last_error_at", "problem", "restarts", "details")
+
+
+def collect_status() -> dict[str, Any]:
+    """The full status document (every detail), read from the status rows."""
+    config = get_config()
+    names = list(config["HANDLERS"])
+    started = time.monotonic()
+    try:
+        rows = list(HandlerStatus.objects.filter(name__in=names).annotate(db_now=Now()))
+        db_now = rows[0].db_now if rows else None
+    except DatabaseError as exc:
+        connections["default"].close()
+        return unreachable_document(names, f"database unreachable: {redact(describe_error(exc))}")
+    duration_ms = str(round((time.monotonic() - started) * 1000))
+    by_name = {row.name: row for row in rows}
+    services = {
+        name: service_entry(by_name.get(name), db_now, config["STALE_AFTER"], duration_ms) for name in names
+    }
+    return {"status": overall(services), "services": services}
+
+
+def service_entry(row: HandlerStatus | None, db_now: datetime | None, stale_after: float, duration_ms: str) -> dict:
+    """One service of the document, judged from its row (None: no row yet)."""
+    if row is None:
+        return _entry(FAIL, "Not running (never started)", duration_ms, running=False)
+    age = (db_now - row.heartbeat_at).total_seconds() if db_now and row.heartbeat_at else None
+    stale = age is None or age > stale_after
+    running = row.running and not stale
+    counts = f"{row.processed_count} Processed, {row.failed_count} Failed"
+    if row.queue_depth is not None:
+        counts += f", {row.queue_depth} in queue"
+    if not row.running:
+        status, message = FAIL, "Not running" + (f": {row.problem}" if row.problem else "")
+    elif stale:
+        status, message = FAIL, f"Not running (no heartbeat for {age:.0f}s)" if age is not None else "Not running"
+    elif row.problem:
+        status, message = FAIL, row.problem
+    else:
+        status, message = OK, counts
+    entry = _entry(status, message, duration_ms, running=running)
+    entry.update(
+        processed_count=row.processed_count,
+        failed_count=row.failed_count,
+        queue_depth=row.queue_depth,
+        last_heartbeat=_iso(row.heartbeat_at),
+        heartbeat_age_s=round(age, 1) if age is not None else None,
+        counters=row.counters,
+        runner={"hostname": row.hostname, "pid": row.pid, "since": _iso(row.since)},
+        problem=row.problem or None,
+        last_error=row.last_error or None,
+        last_error_at=_iso(row.last_error_at),
+        restarts=row.restarts,
+        details=row.details,
+    )
+    return entry
+
+
+def unreachable_document(names: list[str], reason: str) -> dict[str, Any]:
+    services = {name: _entry(FAIL, reason, "0", running=None) for name in names}
+    for entry in services.values():
+        entry["problem"] = reason
+    return {"status": FAIL, "services": services}
+
+
+def overall(services: dict[str, dict]) -> str:
+    return FAIL if any(s["status"] == FAIL for s in services.values()) else OK
+
+
+def public_document(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without error texts, hostnames and pids, for untrusted readers."""
+    services = {}
+    for name, entry in document["services"].items():
+        public = {k: v for k, v in entry.items() if k not in DETAIL_KEYS}
+        if entry.get("problem") and public["status"] == FAIL:
+            public["message"] = "Not running" if not entry.get("running") else "Failing"
+        services[name] = public
+    return {**document, "services": services}
+
+
+def _entry(status: str, message: str, duration_ms: str, *, running: bool | None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "message": message,
+        "duration_ms": duration_ms,
+        "running": running,
+        "processed_count": None,
+        "failed_count": None,
+        "queue_depth": None,
+        "last_heartbeat": None,
+        "runner": None,
+        "last_error": None,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

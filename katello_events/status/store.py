@@ -1,0 +1,95 @@
+"""The runner's side of the status rows: claim them, heartbeat them, hand them back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Now
+
+from katello_events.models import HandlerStatus
+from katello_events.supervisor import SlotSnapshot
+
+#: Counters that have a column of their own; any other counter goes to the ``counters`` JSON.
+COLUMN_COUNTERS = {"processed": "processed_count", "failed": "failed_count"}
+
+
+@dataclass(frozen=True)
+class RunnerIdentity:
+    hostname: str
+    pid: int
+
+
+class StatusStore:
+    """Writes one runner's status rows. Used from the runner's control thread only.
+
+    Counters are flushed as deltas (``F() + n``) in one transaction per heartbeat, so totals
+    survive restarts and changes of runner; a failed flush keeps its deltas for the next one.
+    """
+
+    def __init__(self, identity: RunnerIdentity, names: list[str]) -> None:
+        self.identity = identity
+        self.names = names
+        self._flushed: dict[str, dict[str, int]] = {name: {} for name in names}
+        self._extra_base: dict[str, dict[str, int]] = {name: {} for name in names}
+        self._restarts_flushed: dict[str, int] = {name: 0 for name in names}
+        self._last_error_seen: dict[str, str | None] = {name: None for name in names}
+
+    def claim(self) -> None:
+        """Mark this process as the runner of every slot (raises on any database error)."""
+        with transaction.atomic():
+            for name in self.names:
+                row, _ = HandlerStatus.objects.select_for_update().get_or_create(name=name)
+                self._extra_base[name] = {k: int(v) for k, v in (row.counters or {}).items()}
+                HandlerStatus.objects.filter(name=name).update(
+                    running=True, hostname=self.identity.hostname, pid=self.identity.pid,
+                    since=Now(), heartbeat_at=Now(), problem="",
+                )
+
+    def heartbeat(self, snapshots: list[SlotSnapshot], *, running: bool = True) -> None:
+        """Write every slot's state and counter deltas in one transaction (raises on error)."""
+        pending = []
+        with transaction.atomic():
+            for snap in snapshots:
+                fields, flushed = self._row_update(snap, running)
+                HandlerStatus.objects.filter(name=snap.name).update(**fields)
+                pending.append((snap, flushed))
+        for snap, flushed in pending:  # only once committed
+            self._flushed[snap.name] = flushed
+            self._restarts_flushed[snap.name] = snap.crashes
+            self._last_error_seen[snap.name] = _newest_error(snap)
+
+    def _row_update(self, snap: SlotSnapshot, running: bool) -> tuple[dict, dict[str, int]]:
+        flushed = self._flushed[snap.name]
+        fields: dict = {
+            "running": running and snap.running,
+            "hostname": self.identity.hostname,
+            "pid": self.identity.pid,
+            "heartbeat_at": Now(),
+            "problem": (snap.problem or "") if running else "",
+            "queue_depth": snap.gauges.get("queue_depth"),
+            "details": {**snap.gauges, **snap.details},
+            "restarts": F("restarts") + (snap.crashes - self._restarts_flushed[snap.name]),
+        }
+        extra = dict(self._extra_base[snap.name])
+        for counter, value in snap.counters.items():
+            if counter in COLUMN_COUNTERS:
+                column = COLUMN_COUNTERS[counter]
+                fields[column] = F(column) + (value - flushed.get(counter, 0))
+            else:
+                extra[counter] = extra.get(counter, 0) + value
+        fields["counters"] = extra
+        error = _newest_error(snap)
+        if error and error != self._last_error_seen[snap.name]:
+            fields.update(last_error=error, last_error_at=Now())
+        return fields, dict(snap.counters)
+
+    def release(self, snapshots: list[SlotSnapshot]) -> None:
+        """Final flush on a clean stop: the rows say "not running" at once."""
+        self.heartbeat(snapshots, running=False)
+
+
+def _newest_error(snap: SlotSnapshot) -> str | None:
+    # A slot waiting to restart describes its countdown in `problem`; its error is the crash.
+    return snap.problem if snap.running else (snap.last_error or snap.problem)

@@ -1,0 +1,167 @@
+"""Keeps the runner's handlers alive: one daemon thread per handler slot, restarted on crash."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections
+from django.utils.module_loading import import_string
+
+from katello_events.handlers.base import Handler, HandlerStats, describe_error
+from katello_events.redaction import get_logger, redact
+
+logger = get_logger(__name__)
+
+#: A handler that ran this long (seconds) without crashing earns a fresh backoff.
+HEALTHY_RUN_RESETS_BACKOFF = 60.0
+
+
+@dataclass(frozen=True)
+class SlotSnapshot:
+    """What the status store writes for one slot."""
+
+    name: str
+    running: bool
+    problem: str | None
+    counters: dict[str, int]
+    gauges: dict[str, Any]
+    details: dict[str, Any]
+    crashes: int
+    last_error: str | None
+
+
+class HandlerSlot:
+    """One configured handler: its current instance and thread, its crash history and backoff."""
+
+    def __init__(self, name: str, backend: str, options: dict[str, Any], config: dict[str, Any]) -> None:
+        self.name = name
+        self.handler_class: type[Handler] = import_string(backend)
+        self.options = options
+        self.stats = HandlerStats()
+        self.handler: Handler | None = None
+        self.thread: threading.Thread | None = None
+        self.crashes = 0
+        self.last_error: str | None = None
+        self.started_at = 0.0
+        self.restart_at = 0.0  # monotonic time of the next allowed start
+        self._backoff_initial = float(config["RESTART_BACKOFF"])
+        self._backoff_max = float(config["RESTART_BACKOFF_MAX"])
+        self._stall_timeout = float(config["STALL_TIMEOUT"])
+        self._backoff = self._backoff_initial
+
+    # -- thread management (runner's control thread only) ----------------------------------
+
+    def start(self) -> None:
+        self.handler = self.handler_class(self.name, self.options, self.stats)
+        self.thread = threading.Thread(
+            target=self._thread_main, args=(self.handler,), name=f"katello-events:{self.name}", daemon=True
+        )
+        self.started_at = time.monotonic()
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def supervise(self, stopping: bool) -> None:
+        """Start the slot when due, or schedule a restart when its thread has ended."""
+        now = time.monotonic()
+        if self.thread is not None and not self.thread.is_alive():
+            self._on_thread_ended(now)
+        if self.thread is None and not stopping and now >= self.restart_at:
+            self.start()
+
+    def _on_thread_ended(self, now: float) -> None:
+        if now - self.started_at >= HEALTHY_RUN_RESETS_BACKOFF:
+            self._backoff = self._backoff_initial
+        self.thread = None
+        self.handler = None
+        self.crashes += 1
+        self.restart_at = now + self._backoff
+        logger.error(
+            "handler %s stopped unexpectedly; restarting in %.1fs (crash #%d)",
+            self.name, self._backoff, self.crashes,
+            extra={"handler": self.name, "crashes": self.crashes, "restart_in": self._backoff},
+        )
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+
+    def request_stop(self) -> None:
+        if self.handler is not None:
+            self.handler.stop()
+
+    def join(self, deadline: float) -> bool:
+        """Wait for the thread until the monotonic ``deadline``; True when it has ended."""
+        if self.thread is not None:
+            self.thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.is_alive()
+
+    # -- inside the handler's thread -------------------------------------------------------
+
+    def _thread_main(self, handler: Handler) -> None:
+        try:
+            handler.run()
+            if not handler.stopping:
+                self.last_error = "run() returned without being asked to stop"
+        except BaseException as exc:  # noqa: BLE001 - a crash of any kind is recorded, then restarted
+            self.last_error = redact(describe_error(exc))
+            logger.exception("handler %s crashed", self.name, extra={"handler": self.name})
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        finally:
+            # Django connections are per thread and nothing else would ever close this one.
+            connections.close_all()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def snapshot(self) -> SlotSnapshot:
+        handler = self.handler
+        state = handler.status() if handler is not None else None
+        running = self.is_alive()
+        problem = state.problem if state else None
+        if not running:
+            wait = max(0.0, self.restart_at - time.monotonic())
+            problem = f"restarting in {wait:.0f}s after: {self.last_error or 'thread ended'}"
+        elif state and time.monotonic() - state.last_tick > self._stall_timeout:
+            # A Python thread cannot be killed; starting a second one would run the handler
+            # twice. Say so loudly instead.
+            running = False
+            problem = f"stalled: no progress for over {self._stall_timeout:.0f}s"
+        return SlotSnapshot(
+            name=self.name,
+            running=running,
+            problem=problem,
+            counters=self.stats.counters(),
+            gauges=self.stats.gauges(),
+            details=state.details if state else {},
+            crashes=self.crashes,
+            last_error=self.last_error,
+        )
+
+
+class Supervisor:
+    """Runs every configured handler slot and restarts crashed ones with capped exponential backoff."""
+
+    def __init__(self, specs: dict[str, dict[str, Any]], config: dict[str, Any]) -> None:
+        self.slots = [HandlerSlot(name, s["BACKEND"], s["OPTIONS"], config) for name, s in specs.items()]
+        self._stopping = False
+
+    def supervise(self) -> None:
+        for slot in self.slots:
+            slot.supervise(self._stopping)
+
+    def snapshots(self) -> list[SlotSnapshot]:
+        return [slot.snapshot() for slot in self.slots]
+
+    def stop(self, timeout: float) -> bool:
+        """Ask every handler to stop and wait up to ``timeout`` seconds; True when all ended."""
+        self._stopping = True
+        for slot in self.slots:
+            slot.request_stop()
+        deadline = time.monotonic() + timeout
+        stopped = all([slot.join(deadline) for slot in self.slots])
+        if not stopped:
+            alive = [slot.name for slot in self.slots if slot.is_alive()]
+            logger.error("handlers %s did not stop within %.1fs", alive, timeout, extra={"handlers": alive})
+        return stopped

@@ -1,0 +1,46 @@
+"""/api/ping (JSON) and /about/ (HTML): two renderings of one status document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+
+from katello_events.conf import get_config
+from katello_events.status.report import FAIL, collect_status, public_document
+
+
+def details_visible(request: HttpRequest) -> bool:
+    """Whether this caller may see error texts, hostnames and pids (``DETAILS_VISIBLE_TO``)."""
+    audience = get_config()["DETAILS_VISIBLE_TO"]
+    user = getattr(request, "user", None)
+    if audience == "everyone":
+        return True
+    if audience == "authenticated":
+        return bool(user and user.is_authenticated)
+    if audience == "staff":
+        return bool(user and user.is_authenticated and user.is_staff)
+    return False
+
+
+def _document_for(request: HttpRequest) -> tuple[dict[str, Any], bool]:
+    document = collect_status()
+    detailed = details_visible(request)
+    return (document if detailed else public_document(document)), detailed
+
+
+@never_cache
+def ping(request: HttpRequest) -> JsonResponse:
+    """Katello-compatible ping: HTTP 200 unless a service is FAIL, then 503."""
+    document, _ = _document_for(request)
+    return JsonResponse(document, status=503 if document["status"] == FAIL else 200)
+
+
+@never_cache
+def about(request: HttpRequest) -> HttpResponse:
+    """The "Backend System Status" page (template ``katello_events/about.html``)."""
+    document, detailed = _document_for(request)
+    context = {"document": document, "services": document["services"], "detailed": detailed}
+    return render(request, "katello_events/about.html", context, status=503 if document["status"] == FAIL else 200)
