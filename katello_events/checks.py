@@ -13,8 +13,14 @@ from katello_events.conf import DEFAULTS, get_config
 
 #: Positive numbers, in seconds.
 _INTERVALS = (
-    "STANDBY_INTERVAL", "HEARTBEAT_INTERVAL", "STALE_AFTER", "STALL_TIMEOUT", "STOP_TIMEOUT",
-    "RESTART_BACKOFF", "RESTART_BACKOFF_MAX", "START_RETRY_DELAY",
+    "STANDBY_INTERVAL",
+    "HEARTBEAT_INTERVAL",
+    "STALE_AFTER",
+    "STALL_TIMEOUT",
+    "STOP_TIMEOUT",
+    "RESTART_BACKOFF",
+    "RESTART_BACKOFF_MAX",
+    "START_RETRY_DELAY",
 )
 _DETAIL_AUDIENCES = ("staff", "authenticated", "everyone", "nobody")
 
@@ -37,10 +43,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += _check_handlers(config.get("HANDLERS"))
     messages += _check_lock_file(config["LOCK_FILE"])
     if config.get("DETAILS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
-        messages.append(Error(
-            "KATELLO_EVENTS['DETAILS_VISIBLE_TO'] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
-            id="katello_events.E005",
-        ))
+        messages.append(
+            Error(
+                "KATELLO_EVENTS['DETAILS_VISIBLE_TO'] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
+                id="katello_events.E005",
+            )
+        )
     return messages
 
 
@@ -49,19 +57,23 @@ def _check_intervals(config: dict[str, Any]) -> list[CheckMessage]:
     for key in _INTERVALS:
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            messages.append(Error(
-                f"KATELLO_EVENTS[{key!r}] must be a positive number of seconds, not {value!r}.",
-                id="katello_events.E004",
-            ))
+            messages.append(
+                Error(
+                    f"KATELLO_EVENTS[{key!r}] must be a positive number of seconds, not {value!r}.",
+                    id="katello_events.E004",
+                )
+            )
     if messages:
         return messages
     if config["STALE_AFTER"] < 3 * config["HEARTBEAT_INTERVAL"]:
-        messages.append(Warning(
-            "KATELLO_EVENTS['STALE_AFTER'] is less than three heartbeat intervals.",
-            hint="A busy database or a slow heartbeat would then make a healthy runner read as "
-            "'not running'. Use at least 3 x HEARTBEAT_INTERVAL.",
-            id="katello_events.W002",
-        ))
+        messages.append(
+            Warning(
+                "KATELLO_EVENTS['STALE_AFTER'] is less than three heartbeat intervals.",
+                hint="A busy database or a slow heartbeat would then make a healthy runner read as "
+                "'not running'. Use at least 3 x HEARTBEAT_INTERVAL.",
+                id="katello_events.W002",
+            )
+        )
     return messages
 
 
@@ -69,24 +81,28 @@ def _check_handlers(handlers: Any) -> list[CheckMessage]:
     from katello_events.handlers.base import Handler
 
     if not isinstance(handlers, dict) or not all(isinstance(s, dict) and "BACKEND" in s for s in handlers.values()):
-        return [Error(
-            "KATELLO_EVENTS['HANDLERS'] must map names to {'BACKEND': 'dotted.path', 'OPTIONS': {...}}.",
-            id="katello_events.E001",
-        )]
+        return [
+            Error(
+                "KATELLO_EVENTS['HANDLERS'] must map names to {'BACKEND': 'dotted.path', 'OPTIONS': {...}}.",
+                id="katello_events.E001",
+            )
+        ]
     messages: list[CheckMessage] = []
     for name, spec in handlers.items():
         try:
             backend = import_string(spec["BACKEND"])
         except ImportError as exc:
-            messages.append(Error(
-                f"Handler {name!r}: cannot import {spec['BACKEND']!r}: {exc}", id="katello_events.E002"
-            ))
+            messages.append(
+                Error(f"Handler {name!r}: cannot import {spec['BACKEND']!r}: {exc}", id="katello_events.E002")
+            )
             continue
         if not (isinstance(backend, type) and issubclass(backend, Handler)):
-            messages.append(Error(
-                f"Handler {name!r}: {spec['BACKEND']!r} is not a katello_events.handlers.Handler subclass.",
-                id="katello_events.E002",
-            ))
+            messages.append(
+                Error(
+                    f"Handler {name!r}: {spec['BACKEND']!r} is not a katello_events.handlers.Handler subclass.",
+                    id="katello_events.E002",
+                )
+            )
     return messages
 
 
@@ -106,8 +122,10 @@ def _check_lock_file(path: str) -> list[CheckMessage]:
         problem = f"the folder {existing!r} is not writable"
     if problem is None:
         return []
-    return [Error(
-        f"The election lock file {path!r} cannot be used: {problem}.",
-        hint="Set KATELLO_EVENTS['LOCK_FILE'] to a path in a folder the server user can write.",
-        id="katello_events.E003",
-    )]
+    return [
+        Error(
+            f"The election lock file {path!r} cannot be used: {problem}.",
+            hint="Set KATELLO_EVENTS['LOCK_FILE'] to a path in a folder the server user can write.",
+            id="katello_events.E003",
+        )
+    ]

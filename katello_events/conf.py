@@ -73,21 +73,21 @@ def reset_config(**kwargs: Any) -> None:
         get_config.cache_clear()
 
 
-def handler_specs() -> dict[str, dict[str, Any]]:
+def handler_specs(config: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The configured handler slots, each as ``{"BACKEND": str, "OPTIONS": dict}``."""
     specs = {}
-    for name, spec in get_config()["HANDLERS"].items():
+    for name, spec in (config or get_config())["HANDLERS"].items():
         specs[name] = {"BACKEND": spec["BACKEND"], "OPTIONS": dict(spec.get("OPTIONS") or {})}
     return specs
 
 
-def default_lock_file() -> str:
+def default_lock_file(databases: dict[str, Any] | None = None) -> str:
     """A lock file per database in the runtime folder.
 
     Keyed by the default database so two projects on one host elect one runner each, while
     every worker of one project (they share a database) competes for the same file.
     """
-    db = settings.DATABASES.get("default", {})
+    db = (settings.DATABASES if databases is None else databases).get("default", {})
     key = "|".join(str(db.get(part, "")) for part in ("ENGINE", "HOST", "PORT", "NAME"))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()

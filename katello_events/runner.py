@@ -99,7 +99,7 @@ class Runner:
 
     def _lead(self) -> bool:
         """Lead until stopped or fenced; False when starting failed (the lock is released then)."""
-        specs = handler_specs()
+        specs = handler_specs(self.config)
         store = StatusStore(self.identity, list(specs))
         try:
             supervisor = Supervisor(specs, self.config)
@@ -112,7 +112,8 @@ class Runner:
         self._last_complaint = None
         self.leading.set()
         logger.info(
-            "this process is now the katello_events runner (%s)", self.election.describe(),
+            "this process is now the katello_events runner (%s)",
+            self.election.describe(),
             extra={"pid": self.identity.pid, "handlers": list(specs)},
         )
         try:

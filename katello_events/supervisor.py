@@ -82,7 +82,9 @@ class HandlerSlot:
         self.restart_at = now + self._backoff
         logger.error(
             "handler %s stopped unexpectedly; restarting in %.1fs (crash #%d)",
-            self.name, self._backoff, self.crashes,
+            self.name,
+            self._backoff,
+            self.crashes,
             extra={"handler": self.name, "crashes": self.crashes, "restart_in": self._backoff},
         )
         self._backoff = min(self._backoff * 2, self._backoff_max)

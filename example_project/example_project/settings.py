@@ -85,5 +85,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"katello_events": {"handlers": ["console"], "level": os.environ.get("KATELLO_EVENTS_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "katello_events": {"handlers": ["console"], "level": os.environ.get("KATELLO_EVENTS_LOG_LEVEL", "INFO")}
+    },
 }

@@ -18,6 +18,7 @@ import stat
 
 import fasteners
 
+
 class LockFileError(RuntimeError):
     """The lock file cannot be used safely (a symlink, not a regular file, not writable)."""
 

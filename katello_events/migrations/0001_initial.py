@@ -4,36 +4,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='HandlerStatus',
+            name="HandlerStatus",
             fields=[
-                ('name', models.CharField(max_length=100, primary_key=True, serialize=False)),
-                ('running', models.BooleanField(default=False)),
-                ('hostname', models.CharField(blank=True, max_length=255)),
-                ('pid', models.IntegerField(blank=True, null=True)),
-                ('since', models.DateTimeField(blank=True, help_text='When the current runner took the role.', null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('processed_count', models.BigIntegerField(default=0)),
-                ('failed_count', models.BigIntegerField(default=0)),
-                ('queue_depth', models.BigIntegerField(blank=True, help_text='Null when unknown.', null=True)),
-                ('problem', models.TextField(blank=True, help_text='The current unresolved problem; empty when healthy.')),
-                ('last_error', models.TextField(blank=True)),
-                ('last_error_at', models.DateTimeField(blank=True, null=True)),
-                ('restarts', models.IntegerField(default=0, help_text='Handler crashes restarted by the supervisor.')),
-                ('counters', models.JSONField(blank=True, default=dict, help_text='Other cumulative counters.')),
-                ('details', models.JSONField(blank=True, default=dict, help_text='Gauges and details of the last heartbeat.')),
+                ("name", models.CharField(max_length=100, primary_key=True, serialize=False)),
+                ("running", models.BooleanField(default=False)),
+                ("hostname", models.CharField(blank=True, max_length=255)),
+                ("pid", models.IntegerField(blank=True, null=True)),
+                (
+                    "since",
+                    models.DateTimeField(blank=True, help_text="When the current runner took the role.", null=True),
+                ),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("processed_count", models.BigIntegerField(default=0)),
+                ("failed_count", models.BigIntegerField(default=0)),
+                ("queue_depth", models.BigIntegerField(blank=True, help_text="Null when unknown.", null=True)),
+                (
+                    "problem",
+                    models.TextField(blank=True, help_text="The current unresolved problem; empty when healthy."),
+                ),
+                ("last_error", models.TextField(blank=True)),
+                ("last_error_at", models.DateTimeField(blank=True, null=True)),
+                ("restarts", models.IntegerField(default=0, help_text="Handler crashes restarted by the supervisor.")),
+                ("counters", models.JSONField(blank=True, default=dict, help_text="Other cumulative counters.")),
+                (
+                    "details",
+                    models.JSONField(blank=True, default=dict, help_text="Gauges and details of the last heartbeat."),
+                ),
             ],
             options={
-                'verbose_name': 'handler status',
-                'verbose_name_plural': 'handler statuses',
-                'ordering': ['name'],
+                "verbose_name": "handler status",
+                "verbose_name_plural": "handler statuses",
+                "ordering": ["name"],
             },
         ),
     ]

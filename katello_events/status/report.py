@@ -37,9 +37,7 @@ def collect_status() -> dict[str, Any]:
         return unreachable_document(names, f"database unreachable: {redact(describe_error(exc))}")
     duration_ms = str(round((time.monotonic() - started) * 1000))
     by_name = {row.name: row for row in rows}
-    services = {
-        name: service_entry(by_name.get(name), db_now, config["STALE_AFTER"], duration_ms) for name in names
-    }
+    services = {name: service_entry(by_name.get(name), db_now, config["STALE_AFTER"], duration_ms) for name in names}
     return {"status": overall(services), "services": services}
 
 

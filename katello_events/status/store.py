@@ -43,8 +43,12 @@ class StatusStore:
                 row, _ = HandlerStatus.objects.select_for_update().get_or_create(name=name)
                 self._extra_base[name] = {k: int(v) for k, v in (row.counters or {}).items()}
                 HandlerStatus.objects.filter(name=name).update(
-                    running=True, hostname=self.identity.hostname, pid=self.identity.pid,
-                    since=Now(), heartbeat_at=Now(), problem="",
+                    running=True,
+                    hostname=self.identity.hostname,
+                    pid=self.identity.pid,
+                    since=Now(),
+                    heartbeat_at=Now(),
+                    problem="",
                 )
 
     def heartbeat(self, snapshots: list[SlotSnapshot], *, running: bool = True) -> None:

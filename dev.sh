@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The project's two entry points on a fresh machine:
+#   ./dev.sh example   set up and run the example project under gunicorn (4 workers)
+#   ./dev.sh test      set up and run the whole test suite (what .ci/run calls)
+# Each installs what it needs: a virtualenv in .venv, the packages, PostgreSQL reachability,
+# RabbitMQ with its STOMP plugin. Safe to run again: every step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PG_HOST=${PG_HOST:-127.0.0.1}
+PG_PORT=${PG_PORT:-5432}
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+find_python() {
+  local candidate
+  for candidate in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo "no Python >= 3.11 found (set PYTHON=...)" >&2
+  exit 1
+}
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV"
+    "$(find_python)" -m venv "$VENV"
+  fi
+  # Reinstall only when the package metadata changed since the last install.
+  if [ ! -f "$VENV/.installed" ] || [ setup.cfg -nt "$VENV/.installed" ]; then
+    say "installing katello_events and its test dependencies"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    touch "$VENV/.installed"
+  fi
+}
+
+wait_for_port() {  # host port seconds what
+  local deadline=$((SECONDS + $3))
+  until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "$4 did not open $1:$2 within $3s" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+ensure_postgres() {
+  if ! (exec 3<>"/dev/tcp/$PG_HOST/$PG_PORT") 2>/dev/null; then
+    say "starting PostgreSQL"
+    if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
+    fi
+  fi
+  wait_for_port "$PG_HOST" "$PG_PORT" 60 PostgreSQL
+}
+
+ensure_stomp_broker() {
+  if (exec 3<>/dev/tcp/127.0.0.1/61613) 2>/dev/null; then
+    return
+  fi
+  if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+      say "installing RabbitMQ"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+    fi
+    say "starting RabbitMQ"
+    rabbitmq-server -detached || true
+    wait_for_port 127.0.0.1 5672 120 RabbitMQ
+  fi
+  say "enabling RabbitMQ's STOMP plugin"
+  rabbitmq-plugins enable rabbitmq_stomp >/dev/null
+  wait_for_port 127.0.0.1 61613 120 "RabbitMQ STOMP"
+}
+
+create_database() {  # name
+  "$VENV/bin/python" - "$1" <<'EOF'
+import sys
+
+import psycopg2
+
+name = sys.argv[1]
+connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+connection.autocommit = True
+with connection.cursor() as cursor:
+    cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+    if cursor.fetchone() is None:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+EOF
+}
+
+run_example() {
+  ensure_venv
+  ensure_postgres
+  ensure_stomp_broker
+  create_database katello_events_example
+  export DATABASE_URL=${DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/katello_events_example}
+  export CANDLEPIN_BROKER_URL=${CANDLEPIN_BROKER_URL:-stomp://guest:guest@127.0.0.1:61613}
+  local bind=${GUNICORN_BIND:-127.0.0.1:8000}
+  cd "$ROOT/example_project"
+  "$VENV/bin/python" manage.py migrate --noinput -v0
+  say "About page:  http://$bind/about/"
+  say "Ping API:    http://$bind/api/ping"
+  say "CLI status:  (cd example_project && ../.venv/bin/python manage.py ping)"
+  say "Stop with Ctrl-C."
+  exec "$VENV/bin/gunicorn" -c gunicorn.conf.py -b "$bind" example_project.wsgi:application
+}
+
+run_tests() {
+  ensure_venv
+  ensure_postgres
+  ensure_stomp_broker
+  say "ruff"
+  "$VENV/bin/ruff" check .
+  say "pytest"
+  mkdir -p "$ROOT/artifacts"
+  local status=0
+  "$VENV/bin/python" -m pytest --junitxml="$ROOT/artifacts/junit.xml" "$@" || status=$?
+  if [ $status -eq 5 ]; then
+    echo "pytest collected no tests" >&2
+  fi
+  return $status
+}
+
+case "${1:-}" in
+  example) shift; run_example "$@" ;;
+  test) shift; run_tests "$@" ;;
+  *) echo "usage: ./dev.sh example | ./dev.sh test [pytest args]" >&2; exit 2 ;;
+esac

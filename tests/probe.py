@@ -1,0 +1,71 @@
+"""Handlers used by the tests."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from katello_events.handlers.base import Handler
+
+
+class ProbeHandler(Handler):
+    """Appends ``start <pid> <t>`` and ``stop <pid> <t>`` lines (CLOCK_MONOTONIC, shared by all
+    processes of the machine) so a test can prove that no two runs ever overlapped."""
+
+    def _record(self, what: str) -> None:
+        line = f"{what} {os.getpid()} {time.monotonic():.6f}\n".encode()
+        fd = os.open(self.options["LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def run(self) -> None:
+        self._record("start")
+        try:
+            while not self.stopping:
+                self.tick()
+                self.stats.increment("processed")
+                self.sleep(0.05)
+        finally:
+            self._record("stop")
+
+
+class CrashingHandler(Handler):
+    """Raises on every run: exercises the supervisor's restart and backoff."""
+
+    def run(self) -> None:
+        self.tick()
+        raise RuntimeError("boom password=hunter2")
+
+
+class StubbornHandler(Handler):
+    """Ignores stop requests for a while: exercises the bounded stop."""
+
+    def run(self) -> None:
+        deadline = time.monotonic() + float(self.options.get("IGNORE_STOP_FOR", 3.0))
+        while time.monotonic() < deadline:
+            self.tick()
+            time.sleep(0.05)
+
+
+class StallingHandler(Handler):
+    """Stops ticking without ending: exercises stall detection."""
+
+    def run(self) -> None:
+        self.tick()
+        while not self.stopping:
+            self.sleep(0.05)  # alive, but never ticks again
+
+
+class CountingHandler(Handler):
+    """Counts `processed` and `ignored` as fast as asked: exercises status flushing."""
+
+    def run(self) -> None:
+        per_tick = int(self.options.get("PER_TICK", 1))
+        while not self.stopping:
+            self.tick()
+            self.stats.increment("processed", per_tick)
+            self.stats.increment("ignored")
+            self.stats.set_gauge("queue_depth", 7)
+            self.sleep(0.02)

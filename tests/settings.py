@@ -1,0 +1,33 @@
+"""Test settings: the example project's, on PostgreSQL, plus a probe handler when asked.
+
+Environment: ``KATELLO_EVENTS_TEST_DATABASE_URL`` (default: PostgreSQL on 127.0.0.1 as postgres),
+``KATELLO_EVENTS_PROBE_LOG`` (when set, a ``probe`` handler records its run intervals there).
+Server processes started by the tests use this module too, with ``DATABASE_URL`` pointing at
+the test database.
+"""
+
+import os
+
+os.environ.setdefault(
+    "DATABASE_URL",
+    os.environ.get("KATELLO_EVENTS_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/katello_events"),
+)
+
+from example_project.settings import *  # noqa: E402,F403
+from example_project.settings import KATELLO_EVENTS  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation
+
+KATELLO_EVENTS = {
+    **KATELLO_EVENTS,
+    # Fast enough that process tests finish quickly; still within the checks' sane ranges.
+    "HEARTBEAT_INTERVAL": float(os.environ.get("KATELLO_EVENTS_HEARTBEAT", "0.5")),
+    "STALE_AFTER": 5.0,
+    "STANDBY_INTERVAL": 0.1,
+    "STOP_TIMEOUT": 5.0,
+}
+if os.environ.get("KATELLO_EVENTS_PROBE_LOG"):
+    KATELLO_EVENTS["HANDLERS"] = {
+        **KATELLO_EVENTS["HANDLERS"],
+        "probe": {"BACKEND": "tests.probe.ProbeHandler", "OPTIONS": {"LOG": os.environ["KATELLO_EVENTS_PROBE_LOG"]}},
+    }

@@ -1,0 +1,70 @@
+"""System checks: each ID fires on the configuration it describes, and a sane one is clean."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+
+def ids(config) -> list[str]:
+    with override_settings(KATELLO_EVENTS=config):
+        return sorted(m.id for m in run_checks() if m.id and m.id.startswith("katello_events."))
+
+
+def test_sane_configuration_is_clean(tmp_path):
+    assert ids({"LOCK_FILE": tmp_path / "a" / "b.lock"}) == []
+
+
+def test_e001_handlers_malformed(tmp_path):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "HANDLERS": {"x": "not a dict"}}) == ["katello_events.E001"]
+
+
+def test_e001_setting_not_a_dict():
+    with override_settings(KATELLO_EVENTS=["nope"]):
+        assert [m.id for m in run_checks() if m.id.startswith("katello_events.")] == ["katello_events.E001"]
+
+
+@pytest.mark.parametrize("backend", ["no.such.module.Handler", "katello_events.conf.get_config"])
+def test_e002_bad_handler_backend(tmp_path, backend):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "HANDLERS": {"x": {"BACKEND": backend}}}) == ["katello_events.E002"]
+
+
+def test_e003_lock_file_is_a_symlink(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    link = tmp_path / "runner.lock"
+    link.symlink_to(target)
+    assert ids({"LOCK_FILE": link}) == ["katello_events.E003"]
+
+
+def test_e003_lock_folder_not_writable(tmp_path):
+    if os.geteuid() == 0:
+        # root writes anywhere; a regular file in the path is unwritable for everyone.
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        assert ids({"LOCK_FILE": blocker / "runner.lock"}) == ["katello_events.E003"]
+    else:
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o500)
+        assert ids({"LOCK_FILE": folder / "runner.lock"}) == ["katello_events.E003"]
+
+
+@pytest.mark.parametrize("value", [0, -1, "2", True, None])
+def test_e004_intervals_must_be_positive_numbers(tmp_path, value):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "HEARTBEAT_INTERVAL": value}) == ["katello_events.E004"]
+
+
+def test_e005_details_audience(tmp_path):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "DETAILS_VISIBLE_TO": "admins"}) == ["katello_events.E005"]
+
+
+def test_w001_unknown_key(tmp_path):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "HEARTBEAT": 1}) == ["katello_events.W001"]
+
+
+def test_w002_stale_after_too_close_to_heartbeat(tmp_path):
+    config = {"LOCK_FILE": tmp_path / "x.lock", "HEARTBEAT_INTERVAL": 2.0, "STALE_AFTER": 4.0}
+    assert ids(config) == ["katello_events.W002"]

@@ -1,0 +1,134 @@
+"""The runner and its supervisor in this process, against the real test database."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from katello_events.conf import get_config
+from katello_events.models import HandlerStatus
+from katello_events.runner import Runner
+from tests.support import lock_holders, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_runner(lock_file, handlers: dict, **overrides) -> Runner:
+    config = {
+        **get_config(),
+        "LOCK_FILE": str(lock_file),
+        "HANDLERS": {
+            name: {"BACKEND": f"tests.probe.{cls}", "OPTIONS": opts} for name, (cls, opts) in handlers.items()
+        },
+        "HEARTBEAT_INTERVAL": 0.1,
+        "STANDBY_INTERVAL": 0.05,
+        "RESTART_BACKOFF": 0.2,
+        "RESTART_BACKOFF_MAX": 0.4,
+        "START_RETRY_DELAY": 0.2,
+        "STOP_TIMEOUT": 2.0,
+        **overrides,
+    }
+    return Runner(config)
+
+
+@pytest.fixture
+def runners():
+    started: list[Runner] = []
+    yield started
+    for runner in started:
+        runner.stop(10)
+        runner.election.release()
+
+
+def start(runners, runner: Runner) -> Runner:
+    runners.append(runner)
+    runner.start()
+    assert runner.leading.wait(10), "the runner never took the lead"
+    return runner
+
+
+def row(name: str) -> HandlerStatus | None:
+    return HandlerStatus.objects.filter(name=name).first()
+
+
+def test_leader_claims_rows_heartbeats_and_stops_cleanly(runners, lock_file):
+    runner = start(runners, make_runner(lock_file, {"count": ("CountingHandler", {})}))
+    first = wait_for(lambda: row("count"), 5, "status row written")
+    assert (first.running, first.pid, first.hostname) == (True, os.getpid(), runner.identity.hostname)
+    assert lock_holders(lock_file) == {os.getpid()}
+    wait_for(lambda: row("count").heartbeat_at > first.heartbeat_at, 5, "heartbeat advances")
+    wait_for(lambda: row("count").processed_count > 0 and row("count").queue_depth == 7, 5, "counters flushed")
+
+    assert runner.stop(10)
+    final = row("count")
+    assert final.running is False and final.problem == ""
+    assert final.counters["ignored"] > 0
+    assert lock_holders(lock_file) == set()
+
+
+def test_counters_are_cumulative_across_runners(runners, lock_file):
+    handlers = {"count": ("CountingHandler", {"PER_TICK": 10})}
+    first = start(runners, make_runner(lock_file, handlers))
+    wait_for(lambda: (row("count") or HandlerStatus()).processed_count >= 100, 10, "first runner counts")
+    first.stop(10)
+    after_first = row("count")
+
+    start(runners, make_runner(lock_file, handlers))
+    wait_for(lambda: row("count").processed_count > after_first.processed_count + 50, 10, "second runner adds")
+    assert row("count").counters["ignored"] > after_first.counters["ignored"]
+    assert row("count").since >= after_first.since
+
+
+def test_crashing_handler_is_restarted_with_backoff_and_its_error_redacted(runners, lock_file, caplog):
+    caplog.set_level(logging.ERROR, logger="katello_events")
+    start(runners, make_runner(lock_file, {"crash": ("CrashingHandler", {}), "count": ("CountingHandler", {})}))
+    wait_for(lambda: (row("crash") or HandlerStatus()).restarts >= 3, 10, "crashes counted and restarted")
+    crashed = row("crash")
+    assert "RuntimeError: boom" in crashed.last_error
+    assert "hunter2" not in crashed.last_error and "hunter2" not in crashed.problem
+    assert crashed.last_error_at is not None
+    assert "hunter2" not in caplog.text and "Traceback" in caplog.text and "boom" in caplog.text
+    assert row("count").running  # the healthy neighbour is unaffected
+
+
+def test_stalled_handler_is_reported_not_duplicated(runners, lock_file):
+    runner = start(runners, make_runner(lock_file, {"stall": ("StallingHandler", {})}, STALL_TIMEOUT=0.3))
+    stalled = wait_for(lambda: (r := row("stall")) and not r.running and r, 5, "stall reported")
+    assert stalled.problem.startswith("stalled")
+    assert stalled.restarts == 0
+    assert [t.name for t in __import__("threading").enumerate()].count("katello-events:stall") == 1
+    assert runner.leading.is_set()
+
+
+def test_handler_that_will_not_stop_keeps_the_lock_until_the_process_ends(runners, lock_file, caplog):
+    runner = start(
+        runners, make_runner(lock_file, {"stubborn": ("StubbornHandler", {"IGNORE_STOP_FOR": 3})}, STOP_TIMEOUT=0.3)
+    )
+    runner.stop(5)
+    assert runner.finished.is_set()
+    assert "did not stop" in caplog.text
+    # Releasing now could let a second runner start beside the handler still running here.
+    assert lock_holders(lock_file) == {os.getpid()}
+    assert row("stubborn").running is False
+
+
+def test_failing_to_start_releases_the_lock(runners, lock_file, caplog):
+    runner = make_runner(lock_file, {"bad": ("NoSuchHandler", {})}, START_RETRY_DELAY=0.5)
+    runners.append(runner)
+    runner.start()
+    wait_for(lambda: "could not start the handlers" in caplog.text, 5, "start failure logged")
+    assert not runner.leading.is_set()
+    # The lock is free between attempts: the role is never blocked by a broken process.
+    wait_for(lambda: lock_holders(lock_file) == set(), 5, "lock released after the failed start")
+    assert caplog.text.count("could not start the handlers") == 1  # said once, not per attempt
+
+
+def test_losing_the_lock_file_steps_down_then_leads_on_a_fresh_file(runners, lock_file, caplog):
+    runner = start(runners, make_runner(lock_file, {"count": ("CountingHandler", {})}))
+    os.unlink(lock_file)
+    wait_for(lambda: "election lock was lost" in caplog.text, 5, "fencing noticed the removed file")
+    wait_for(lambda: os.path.exists(lock_file) and lock_holders(lock_file) == {os.getpid()}, 5, "leads again")
+    wait_for(lambda: row("count").running, 5, "rows say running again")
+    assert runner.leading.is_set()

@@ -1,0 +1,164 @@
+"""The status document and its surfaces (/api/ping, /about/, manage.py ping) from real rows."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.db import OperationalError
+from django.test import override_settings
+from django.utils import timezone
+
+from katello_events.models import HandlerStatus
+from katello_events.status import report
+
+pytestmark = pytest.mark.django_db
+
+NAMES = ["katello_events", "candlepin_events"]
+
+
+def make_row(name: str, *, age: float = 0.5, **fields) -> HandlerStatus:
+    defaults = dict(
+        running=True,
+        hostname="host-a",
+        pid=4242,
+        since=timezone.now() - timedelta(hours=1),
+        heartbeat_at=timezone.now() - timedelta(seconds=age),
+        processed_count=12,
+        failed_count=1,
+    )
+    return HandlerStatus.objects.create(name=name, **{**defaults, **fields})
+
+
+def services():
+    return report.collect_status()["services"]
+
+
+def test_no_row_yet_is_fail_never_started():
+    document = report.collect_status()
+    assert document["status"] == "FAIL"
+    assert set(document["services"]) == set(NAMES)
+    assert document["services"]["katello_events"]["message"] == "Not running (never started)"
+    assert document["services"]["katello_events"]["running"] is False
+
+
+def test_running_rows_are_ok_with_katello_style_message():
+    make_row("katello_events", queue_depth=3)
+    make_row("candlepin_events")
+    document = report.collect_status()
+    assert document["status"] == "ok"
+    entry = document["services"]["katello_events"]
+    assert entry["message"] == "12 Processed, 1 Failed, 3 in queue"
+    assert document["services"]["candlepin_events"]["message"] == "12 Processed, 1 Failed"
+    assert entry["runner"]["pid"] == 4242 and entry["runner"]["hostname"] == "host-a"
+    assert (entry["processed_count"], entry["failed_count"], entry["queue_depth"], entry["running"]) == (12, 1, 3, True)
+    assert isinstance(entry["duration_ms"], str)
+
+
+def test_stale_heartbeat_reads_not_running():
+    make_row("katello_events", age=60)
+    make_row("candlepin_events")
+    entry = services()["katello_events"]
+    assert entry["status"] == "FAIL" and entry["running"] is False
+    assert entry["message"].startswith("Not running (no heartbeat for 60s")
+
+
+def test_clean_shutdown_reads_not_running_at_once():
+    make_row("katello_events", running=False)
+    assert services()["katello_events"]["message"] == "Not running"
+
+
+def test_a_problem_is_fail_with_its_text():
+    make_row("katello_events", problem="database unreachable: OperationalError: boom")
+    entry = services()["katello_events"]
+    assert entry["status"] == "FAIL" and entry["running"] is True
+    assert entry["message"] == "database unreachable: OperationalError: boom"
+
+
+def test_unreachable_database_is_fail_and_redacted(monkeypatch):
+    def broken(*args, **kwargs):
+        raise OperationalError('connection to server failed: password="hunter2" rejected')
+
+    monkeypatch.setattr(HandlerStatus.objects, "filter", broken)
+    document = report.collect_status()
+    assert document["status"] == "FAIL"
+    assert all(s["message"].startswith("database unreachable") for s in document["services"].values())
+    assert "hunter2" not in json.dumps(document)
+
+
+def test_public_document_hides_hosts_pids_and_errors():
+    make_row("katello_events", problem="broker unreachable: stomp://u:secret@h:61613", last_error="boom")
+    make_row("candlepin_events")
+    public = report.public_document(report.collect_status())
+    text = json.dumps(public)
+    for hidden in ("host-a", "4242", "secret", "boom", "runner"):
+        assert hidden not in text
+    assert public["services"]["katello_events"]["message"] == "Failing"
+    assert public["services"]["candlepin_events"]["processed_count"] == 12
+
+
+class TestPingView:
+    def test_anonymous_gets_statuses_and_counts_only(self, client):
+        make_row("katello_events")
+        make_row("candlepin_events")
+        response = client.get("/api/ping")
+        assert response.status_code == 200
+        assert "no-cache" in response["Cache-Control"]
+        body = response.json()
+        assert body["status"] == "ok"
+        assert body["services"]["katello_events"]["processed_count"] == 12
+        assert "runner" not in body["services"]["katello_events"]
+
+    def test_staff_gets_details_and_fail_is_503(self, admin_client):
+        make_row("katello_events", running=False)
+        response = admin_client.get("/api/ping")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "FAIL"
+        assert body["services"]["katello_events"]["runner"]["pid"] == 4242
+
+    @override_settings(KATELLO_EVENTS={"DETAILS_VISIBLE_TO": "nobody"})
+    def test_details_can_be_hidden_from_everyone(self, admin_client):
+        make_row("katello_events")
+        assert "runner" not in admin_client.get("/api/ping").json()["services"]["katello_events"]
+
+
+def test_about_page_shows_the_backend_system_status_table(admin_client, client):
+    make_row("katello_events", queue_depth=5)
+    make_row("candlepin_events", running=False)
+    page = admin_client.get("/about/")
+    assert page.status_code == 503
+    html = page.content.decode()
+    assert "Backend System Status" in html
+    assert "12 Processed, 1 Failed, 5 in queue" in html
+    assert "host-a (pid 4242)" in html
+    assert "host-a" not in client.get("/about/").content.decode()
+
+
+def test_ping_command_text_json_and_exit_status():
+    make_row("katello_events")
+    make_row("candlepin_events")
+    out = StringIO()
+    call_command("ping", stdout=out)
+    text = out.getvalue()
+    assert "Status:          ok" in text and "Server Response: Duration:" in text
+
+    out = StringIO()
+    call_command("ping", "--json", stdout=out)
+    document = json.loads(out.getvalue())
+    assert document["services"]["katello_events"]["runner"]["pid"] == 4242
+
+    HandlerStatus.objects.filter(name="candlepin_events").update(running=False)
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("ping", stdout=StringIO())
+    assert exit_info.value.code == 1
+
+
+def test_requests_in_a_test_run_start_no_runner(client):
+    from katello_events.lifecycle import current_runner
+
+    client.get("/api/ping")
+    assert current_runner() is None

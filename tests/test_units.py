@@ -1,0 +1,82 @@
+"""Fast unit tests: settings, autostart rules, redaction."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from django.test import override_settings
+
+from katello_events.autostart import autostart_blocker, management_command
+from katello_events.conf import DEFAULTS, default_lock_file, get_config, handler_specs
+from katello_events.redaction import redact
+
+
+def test_defaults_apply_and_override_settings_clears_the_cache(tmp_path):
+    assert get_config()["HEARTBEAT_INTERVAL"] > 0
+    with override_settings(KATELLO_EVENTS={"STALE_AFTER": 42.0, "LOCK_FILE": tmp_path / "x.lock"}):
+        config = get_config()
+        assert config["STALE_AFTER"] == 42.0
+        assert config["LOCK_FILE"] == str(tmp_path / "x.lock")
+        assert config["STANDBY_INTERVAL"] == DEFAULTS["STANDBY_INTERVAL"]
+    assert get_config()["STALE_AFTER"] != 42.0
+
+
+def test_handler_specs_default_to_both_slots_with_options():
+    with override_settings(KATELLO_EVENTS={}):
+        specs = handler_specs()
+    assert list(specs) == ["katello_events", "candlepin_events"]
+    assert all(spec["OPTIONS"] == {} for spec in specs.values())
+
+
+def test_default_lock_file_is_per_database():
+    first = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "one"}}
+    second = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "two"}}
+    path_one, path_two = default_lock_file(first), default_lock_file(second)
+    assert path_one != path_two
+    assert os.path.basename(os.path.dirname(path_one)) == "katello_events"
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "blocked"),
+    [
+        (["/venv/bin/gunicorn", "-c", "g.py", "app:application"], {}, None),
+        (["/usr/sbin/uwsgi", "--ini", "x.ini"], {}, None),
+        (["manage.py", "migrate"], {}, "management command 'migrate'"),
+        (["manage.py", "shell"], {}, "management command 'shell'"),
+        (["manage.py", "test"], {}, "management command 'test'"),
+        (["/x/django-admin", "check"], {}, "management command 'check'"),
+        (["/venv/lib/python3.11/site-packages/django/__main__.py", "shell"], {}, "management command 'shell'"),
+        (["manage.py", "runserver"], {}, "runserver's reloader parent (the child serves requests)"),
+        (["manage.py", "runserver"], {"RUN_MAIN": "true"}, None),
+        (["manage.py", "runserver", "--noreload"], {}, None),
+        (["manage.py"], {}, "management command 'help'"),
+    ],
+)
+def test_autostart_rules(argv, environ, blocked):
+    assert autostart_blocker(argv, environ, testing=False) == blocked
+
+
+def test_autostart_is_blocked_in_tests_and_when_disabled():
+    assert autostart_blocker(["gunicorn"], {}) == "running tests"
+    assert autostart_blocker(["gunicorn"], {}, autostart=False, testing=False) == "KATELLO_EVENTS['AUTOSTART'] is False"
+
+
+def test_management_command_detection():
+    assert management_command(["gunicorn"]) is None
+    assert management_command([]) is None
+    assert management_command(["./manage.py", "run_event_daemon"]) == "run_event_daemon"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("stomp://katello:s3cr3t@broker:61613 refused", "stomp://katello:********@broker:61613 refused"),
+        ("could not connect: host=db password=hunter2 user=x", "could not connect: host=db password=******** user=x"),
+        ("{'passcode': 'abc'}", "{'passcode': '********'}"),
+        ("nothing secret here", "nothing secret here"),
+    ],
+)
+def test_redact(text, expected):
+    assert redact(text) == expected
+    assert "s3cr3t" not in redact(text) and "hunter2" not in redact(text)
