@@ -23,13 +23,15 @@ _INTERVALS = (
     "START_RETRY_DELAY",
 )
 _DETAIL_AUDIENCES = ("staff", "authenticated", "everyone", "nobody")
+_SHAPE_HINT = "See docs/configuration.md for the shape of KATELLO_EVENTS and its HANDLERS."
+_HANDLER_HINT = "BACKEND must be the dotted path of a katello_events.handlers.Handler subclass."
 
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     user = getattr(settings, "KATELLO_EVENTS", {})
     if not isinstance(user, dict):
-        return [Error("KATELLO_EVENTS must be a dict.", id="katello_events.E001")]
+        return [Error("KATELLO_EVENTS must be a dict.", hint=_SHAPE_HINT, id="katello_events.E001")]
     messages: list[CheckMessage] = [
         Warning(
             f"Unknown KATELLO_EVENTS key {key!r}.",
@@ -46,6 +48,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages.append(
             Error(
                 "KATELLO_EVENTS['DETAILS_VISIBLE_TO'] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
+                hint="Choose who sees error texts, hostnames and pids on /api/ping and /about/.",
                 id="katello_events.E005",
             )
         )
@@ -60,6 +63,7 @@ def _check_intervals(config: dict[str, Any]) -> list[CheckMessage]:
             messages.append(
                 Error(
                     f"KATELLO_EVENTS[{key!r}] must be a positive number of seconds, not {value!r}.",
+                    hint="Intervals are seconds, as int or float, greater than zero.",
                     id="katello_events.E004",
                 )
             )
@@ -80,10 +84,18 @@ def _check_intervals(config: dict[str, Any]) -> list[CheckMessage]:
 def _check_handlers(handlers: Any) -> list[CheckMessage]:
     from katello_events.handlers.base import Handler
 
-    if not isinstance(handlers, dict) or not all(isinstance(s, dict) and "BACKEND" in s for s in handlers.values()):
+    def well_formed(spec: Any) -> bool:
+        return (
+            isinstance(spec, dict)
+            and isinstance(spec.get("BACKEND"), str)
+            and isinstance(spec.get("OPTIONS", {}), dict)
+        )
+
+    if not isinstance(handlers, dict) or not all(well_formed(spec) for spec in handlers.values()):
         return [
             Error(
                 "KATELLO_EVENTS['HANDLERS'] must map names to {'BACKEND': 'dotted.path', 'OPTIONS': {...}}.",
+                hint=_SHAPE_HINT,
                 id="katello_events.E001",
             )
         ]
@@ -93,13 +105,18 @@ def _check_handlers(handlers: Any) -> list[CheckMessage]:
             backend = import_string(spec["BACKEND"])
         except ImportError as exc:
             messages.append(
-                Error(f"Handler {name!r}: cannot import {spec['BACKEND']!r}: {exc}", id="katello_events.E002")
+                Error(
+                    f"Handler {name!r}: cannot import {spec['BACKEND']!r}: {exc}",
+                    hint=_HANDLER_HINT,
+                    id="katello_events.E002",
+                )
             )
             continue
         if not (isinstance(backend, type) and issubclass(backend, Handler)):
             messages.append(
                 Error(
                     f"Handler {name!r}: {spec['BACKEND']!r} is not a katello_events.handlers.Handler subclass.",
+                    hint=_HANDLER_HINT,
                     id="katello_events.E002",
                 )
             )

@@ -7,10 +7,11 @@ import socket
 import threading
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django import db
+from django.db import connections
 
 from katello_events.conf import get_config, handler_specs
-from katello_events.election import FileLockElection, LockFileError
+from katello_events.election import FileLockElection
 from katello_events.handlers.base import describe_error
 from katello_events.redaction import get_logger
 from katello_events.status.store import RunnerIdentity, StatusStore
@@ -47,7 +48,9 @@ class Runner:
         self._stop_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_complaint: str | None = None
-        self._wedged = False
+        self._heartbeat_failing = False
+        #: True when handlers did not stop in time: the lock is kept until the process exits.
+        self.wedged = False
 
     # -- public lifecycle ----------------------------------------------------------------------
 
@@ -61,7 +64,7 @@ class Runner:
         """The control loop, in the calling thread, until :meth:`stop`."""
         config = self.config
         try:
-            while not self._stop_requested.is_set() and not self._wedged:
+            while not self._stop_requested.is_set() and not self.wedged:
                 if not self._won_election():
                     self._stop_requested.wait(config["STANDBY_INTERVAL"])
                 elif not self._lead():
@@ -84,7 +87,7 @@ class Runner:
     def _won_election(self) -> bool:
         try:
             return self.election.try_acquire()
-        except (LockFileError, OSError) as exc:
+        except Exception as exc:  # LockFileError, OSError, fasteners' ThreadError: never die
             self._complain(f"cannot use the election lock: {describe_error(exc)}")
             self._stop_requested.wait(self.config["START_RETRY_DELAY"])
             return False
@@ -99,9 +102,9 @@ class Runner:
 
     def _lead(self) -> bool:
         """Lead until stopped or fenced; False when starting failed (the lock is released then)."""
-        specs = handler_specs(self.config)
-        store = StatusStore(self.identity, list(specs))
         try:
+            specs = handler_specs(self.config)
+            store = StatusStore(self.identity, list(specs))
             supervisor = Supervisor(specs, self.config)
             store.claim()
         except Exception as exc:
@@ -118,6 +121,9 @@ class Runner:
         )
         try:
             self._supervise_until_stopped(supervisor, store)
+        except Exception:
+            # Nothing may kill the control thread while it holds the lock: step down instead.
+            logger.exception("the runner's control loop failed; stepping down")
         finally:
             self._step_down(supervisor, store)
         return True
@@ -135,25 +141,35 @@ class Runner:
     def _heartbeat(self, supervisor: Supervisor, store: StatusStore) -> None:
         try:
             store.heartbeat(supervisor.snapshots())
-        except DatabaseError as exc:
+        except Exception as exc:
             # The handlers report their own database trouble; the counters stay pending here
-            # and are flushed by the first heartbeat that gets through.
-            logger.warning("status heartbeat failed: %s", describe_error(exc))
-            connections["default"].close()
+            # and are flushed by the first heartbeat that gets through. Logged once per outage.
+            if not self._heartbeat_failing:
+                logger.warning("status heartbeat failed: %s", describe_error(exc))
+            self._heartbeat_failing = True
+            if isinstance(exc, db.Error):
+                connections["default"].close()
+        else:
+            if self._heartbeat_failing:
+                logger.info("status heartbeat recovered")
+            self._heartbeat_failing = False
 
     def _step_down(self, supervisor: Supervisor, store: StatusStore) -> None:
         stopped = supervisor.stop(self.config["STOP_TIMEOUT"])
+        self.wedged = not stopped
+        # A Python thread cannot be killed. Releasing the lock beside a handler still running
+        # here could let a second runner start, so a wedged runner keeps the lock until this
+        # process exits, and says so in the status rows and the log.
+        problem = None if stopped else "handlers did not stop; the runner lock is held until this process exits"
         try:
-            store.release(supervisor.snapshots())
-        except DatabaseError as exc:
+            store.release(supervisor.snapshots(), problem=problem)
+        except Exception as exc:  # the lock must be handled below whatever happened here
             logger.warning("could not mark the handlers stopped: %s", describe_error(exc))
+        finally:
+            connections.close_all()  # a standby holds no database connection
         self.leading.clear()
         if stopped:
             self.election.release()
             logger.info("this process is no longer the katello_events runner", extra={"pid": self.identity.pid})
         else:
-            # A Python thread cannot be killed. Releasing the lock now could let a second
-            # runner start beside a handler still running here, so the lock is kept until this
-            # process exits; the status rows go stale and read "not running" meanwhile.
-            self._wedged = True
-            logger.critical("handlers did not stop; keeping the runner lock until this process exits")
+            logger.critical(problem)

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import connections
 from django.utils.module_loading import import_string
 
-from katello_events.handlers.base import Handler, HandlerStats, describe_error
+from katello_events.handlers.base import Handler, HandlerState, HandlerStats, describe_error
 from katello_events.redaction import get_logger, redact
 
 logger = get_logger(__name__)
@@ -55,11 +55,18 @@ class HandlerSlot:
     # -- thread management (runner's control thread only) ----------------------------------
 
     def start(self) -> None:
-        self.handler = self.handler_class(self.name, self.options, self.stats)
+        """A fresh handler instance in a new thread; a constructor that raises counts as a crash."""
+        self.started_at = time.monotonic()
+        try:
+            self.handler = self.handler_class(self.name, self.options, self.stats)
+        except Exception as exc:
+            self.last_error = redact(describe_error(exc))
+            logger.exception("handler %s could not be created", self.name, extra={"handler": self.name})
+            self._schedule_restart(time.monotonic())
+            return
         self.thread = threading.Thread(
             target=self._thread_main, args=(self.handler,), name=f"katello-events:{self.name}", daemon=True
         )
-        self.started_at = time.monotonic()
         self.thread.start()
 
     def is_alive(self) -> bool:
@@ -74,10 +81,13 @@ class HandlerSlot:
             self.start()
 
     def _on_thread_ended(self, now: float) -> None:
-        if now - self.started_at >= HEALTHY_RUN_RESETS_BACKOFF:
-            self._backoff = self._backoff_initial
         self.thread = None
         self.handler = None
+        self._schedule_restart(now)
+
+    def _schedule_restart(self, now: float) -> None:
+        if now - self.started_at >= HEALTHY_RUN_RESETS_BACKOFF:
+            self._backoff = self._backoff_initial
         self.crashes += 1
         self.restart_at = now + self._backoff
         logger.error(
@@ -117,15 +127,13 @@ class HandlerSlot:
 
     # -- status ------------------------------------------------------------------------------
 
-    def snapshot(self) -> SlotSnapshot:
-        handler = self.handler
-        state = handler.status() if handler is not None else None
+    def snapshot(self, stopping: bool = False) -> SlotSnapshot:
         running = self.is_alive()
-        problem = state.problem if state else None
-        if not running:
+        state, problem = self._handler_state()
+        if not running and not stopping:
             wait = max(0.0, self.restart_at - time.monotonic())
             problem = f"restarting in {wait:.0f}s after: {self.last_error or 'thread ended'}"
-        elif state and time.monotonic() - state.last_tick > self._stall_timeout:
+        elif running and state and time.monotonic() - state.last_tick > self._stall_timeout:
             # A Python thread cannot be killed; starting a second one would run the handler
             # twice. Say so loudly instead.
             running = False
@@ -141,6 +149,16 @@ class HandlerSlot:
             last_error=self.last_error,
         )
 
+    def _handler_state(self) -> tuple[HandlerState | None, str | None]:
+        handler = self.handler
+        if handler is None:
+            return None, None
+        try:
+            state = handler.status()
+        except Exception as exc:  # a broken status() must not take the control thread down
+            return None, redact(f"status() failed: {describe_error(exc)}")
+        return state, state.problem
+
 
 class Supervisor:
     """Runs every configured handler slot and restarts crashed ones with capped exponential backoff."""
@@ -154,7 +172,7 @@ class Supervisor:
             slot.supervise(self._stopping)
 
     def snapshots(self) -> list[SlotSnapshot]:
-        return [slot.snapshot() for slot in self.slots]
+        return [slot.snapshot(self._stopping) for slot in self.slots]
 
     def stop(self, timeout: float) -> bool:
         """Ask every handler to stop and wait up to ``timeout`` seconds; True when all ended."""

@@ -69,3 +69,17 @@ class CountingHandler(Handler):
             self.stats.increment("ignored")
             self.stats.set_gauge("queue_depth", 7)
             self.sleep(0.02)
+
+
+class UnconstructibleHandler(Handler):
+    """Rejects its options: a constructor that raises is a crash like any other."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise ValueError("bad OPTIONS: passcode=sesame")
+
+
+class BrokenStatusHandler(CountingHandler):
+    """Its status() raises: the runner must carry on and say so."""
+
+    def details(self) -> dict:
+        raise KeyError("details")

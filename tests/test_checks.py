@@ -18,8 +18,19 @@ def test_sane_configuration_is_clean(tmp_path):
     assert ids({"LOCK_FILE": tmp_path / "a" / "b.lock"}) == []
 
 
-def test_e001_handlers_malformed(tmp_path):
-    assert ids({"LOCK_FILE": tmp_path / "x.lock", "HANDLERS": {"x": "not a dict"}}) == ["katello_events.E001"]
+@pytest.mark.parametrize(
+    "handlers",
+    [{"x": "not a dict"}, {"x": {"OPTIONS": {}}}, {"x": {"BACKEND": "a.B", "OPTIONS": ["no"]}}, ["x"]],
+)
+def test_e001_handlers_malformed(tmp_path, handlers):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "HANDLERS": handlers}) == ["katello_events.E001"]
+
+
+def test_every_error_has_a_hint(tmp_path):
+    from django.core.checks import run_checks
+
+    with override_settings(KATELLO_EVENTS={"LOCK_FILE": tmp_path / "x.lock", "STANDBY_INTERVAL": 0}):
+        assert all(m.hint for m in run_checks() if m.id.startswith("katello_events."))
 
 
 def test_e001_setting_not_a_dict():

@@ -145,12 +145,13 @@ def test_runserver_runs_the_runner_in_the_serving_child_only_and_survives_a_relo
     assert server.pid not in lock_holders(lock_file)
     rows_name(child)
 
-    os.utime(ROOT / "tests" / "settings.py")  # a code change: the reloader replaces the child
-    new_child = wait_for(
-        lambda: (kids := children(server.pid)) and kids != {child} and next(iter(kids)),
-        60,
-        "a new child after the reload",
-    )
+    def touched_and_reloaded():
+        # A code change: the reloader replaces the child. Touch until seen, since a change made
+        # before the reloader's first snapshot of mtimes is not one to it.
+        os.utime(ROOT / "tests" / "settings.py")
+        return (kids := children(server.pid)) and kids != {child} and next(iter(kids))
+
+    new_child = wait_for(touched_and_reloaded, 60, "a new child after the reload", interval=0.5)
     wait_for(lambda: not alive(child), 30, "the old child exited (no deadlock on reload)")
     wait_for(lambda: http_get(port) in (200, 503), 60, "the new child answers")
     assert the_runner(lock_file) == new_child

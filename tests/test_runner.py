@@ -63,7 +63,7 @@ def test_leader_claims_rows_heartbeats_and_stops_cleanly(runners, lock_file):
 
     assert runner.stop(10)
     final = row("count")
-    assert final.running is False and final.problem == ""
+    assert final.running is False and final.problem == "" and final.last_error == ""
     assert final.counters["ignored"] > 0
     assert lock_holders(lock_file) == set()
 
@@ -111,7 +111,9 @@ def test_handler_that_will_not_stop_keeps_the_lock_until_the_process_ends(runner
     assert "did not stop" in caplog.text
     # Releasing now could let a second runner start beside the handler still running here.
     assert lock_holders(lock_file) == {os.getpid()}
-    assert row("stubborn").running is False
+    assert runner.wedged
+    stuck = row("stubborn")
+    assert stuck.running is False and "lock is held until this process exits" in stuck.problem
 
 
 def test_failing_to_start_releases_the_lock(runners, lock_file, caplog):
@@ -132,3 +134,30 @@ def test_losing_the_lock_file_steps_down_then_leads_on_a_fresh_file(runners, loc
     wait_for(lambda: os.path.exists(lock_file) and lock_holders(lock_file) == {os.getpid()}, 5, "leads again")
     wait_for(lambda: row("count").running, 5, "rows say running again")
     assert runner.leading.is_set()
+
+
+def test_a_handler_whose_constructor_raises_is_a_crash_not_a_dead_runner(runners, lock_file):
+    runner = start(
+        runners, make_runner(lock_file, {"bad": ("UnconstructibleHandler", {}), "ok": ("CountingHandler", {})})
+    )
+    wait_for(lambda: (row("bad") or HandlerStatus()).restarts >= 2, 10, "constructor failures counted")
+    assert "ValueError: bad OPTIONS" in row("bad").last_error and "sesame" not in row("bad").last_error
+    assert row("ok").running and runner.leading.is_set()
+
+
+def test_a_broken_status_method_is_reported_and_the_runner_carries_on(runners, lock_file):
+    runner = start(runners, make_runner(lock_file, {"broken": ("BrokenStatusHandler", {})}))
+    broken = wait_for(lambda: (r := row("broken")) and r.problem and r, 5, "problem reported")
+    assert broken.problem.startswith("status() failed: KeyError")
+    wait_for(lambda: row("broken").processed_count > 0, 5, "counters still flushed")
+    assert runner.leading.is_set()
+
+
+def test_malformed_handler_options_release_the_lock(runners, lock_file, caplog):
+    runner = make_runner(lock_file, {})
+    runner.config["HANDLERS"] = {"x": {"BACKEND": "tests.probe.CountingHandler", "OPTIONS": ["not", "a", "dict"]}}
+    runners.append(runner)
+    runner.start()
+    wait_for(lambda: "could not start the handlers" in caplog.text, 5, "start failure logged")
+    wait_for(lambda: lock_holders(lock_file) == set(), 5, "lock released")
+    assert not runner.finished.is_set(), "the control loop keeps competing"

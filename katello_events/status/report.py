@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.db.models.functions import Now
 
 from katello_events.conf import get_config
@@ -32,9 +32,11 @@ def collect_status() -> dict[str, Any]:
     try:
         rows = list(HandlerStatus.objects.filter(name__in=names).annotate(db_now=Now()))
         db_now = rows[0].db_now if rows else None
-    except DatabaseError as exc:
+    except (OperationalError, InterfaceError) as exc:
         connections["default"].close()
         return unreachable_document(names, f"database unreachable: {redact(describe_error(exc))}")
+    except DatabaseError as exc:  # reachable, but the table is missing or unreadable
+        return unreachable_document(names, f"status unreadable (migrations applied?): {redact(describe_error(exc))}")
     duration_ms = str(round((time.monotonic() - started) * 1000))
     by_name = {row.name: row for row in rows}
     services = {name: service_entry(by_name.get(name), db_now, config["STALE_AFTER"], duration_ms) for name in names}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -51,12 +52,14 @@ class StatusStore:
                     problem="",
                 )
 
-    def heartbeat(self, snapshots: list[SlotSnapshot], *, running: bool = True) -> None:
+    def heartbeat(self, snapshots: list[SlotSnapshot], *, running: bool = True, problem: str | None = None) -> None:
         """Write every slot's state and counter deltas in one transaction (raises on error)."""
         pending = []
         with transaction.atomic():
             for snap in snapshots:
                 fields, flushed = self._row_update(snap, running)
+                if problem:
+                    fields["problem"] = problem
                 HandlerStatus.objects.filter(name=snap.name).update(**fields)
                 pending.append((snap, flushed))
         for snap, flushed in pending:  # only once committed
@@ -73,7 +76,7 @@ class StatusStore:
             "heartbeat_at": Now(),
             "problem": (snap.problem or "") if running else "",
             "queue_depth": snap.gauges.get("queue_depth"),
-            "details": {**snap.gauges, **snap.details},
+            "details": _json_safe({**snap.gauges, **snap.details}),
             "restarts": F("restarts") + (snap.crashes - self._restarts_flushed[snap.name]),
         }
         extra = dict(self._extra_base[snap.name])
@@ -89,9 +92,15 @@ class StatusStore:
             fields.update(last_error=error, last_error_at=Now())
         return fields, dict(snap.counters)
 
-    def release(self, snapshots: list[SlotSnapshot]) -> None:
-        """Final flush on a clean stop: the rows say "not running" at once."""
-        self.heartbeat(snapshots, running=False)
+    def release(self, snapshots: list[SlotSnapshot], problem: str | None = None) -> None:
+        """Final flush when stepping down: the rows say "not running" at once (and why, if
+        ``problem`` is given)."""
+        self.heartbeat(snapshots, running=False, problem=problem)
+
+
+def _json_safe(value: dict) -> dict:
+    """Handler-provided details as plain JSON (anything else becomes its ``str``)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _newest_error(snap: SlotSnapshot) -> str | None:

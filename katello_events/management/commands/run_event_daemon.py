@@ -32,6 +32,8 @@ class Command(BaseCommand):
         watcher = threading.Thread(target=self._announce_leadership, args=(runner,), daemon=True)
         watcher.start()
         runner.run()
+        if runner.wedged:
+            raise CommandError("handlers did not stop in time; exiting so the runner lock is released")
         self.stdout.write("katello_events daemon stopped")
 
     def _check_lock_file(self, path: str) -> None:
