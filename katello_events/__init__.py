@@ -2,18 +2,32 @@
 
 Public API (importable before the app registry is ready; the work happens on call):
 
+- :func:`push_event`, :func:`event_handler`, :class:`RetryLater`: the durable event queue.
 - :func:`start`: start this process's runner standby thread explicitly.
 - :func:`stop`: stop it gracefully (handlers finish, status rows say so, the lock is released).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from katello_events.event_queue.types import QueuedEvent, RetryLater, UnknownEventType
+from katello_events.registry import event_handler
 
 if TYPE_CHECKING:
     from katello_events.runner import Runner
 
-__all__ = ["start", "stop"]
+__all__ = ["QueuedEvent", "RetryLater", "UnknownEventType", "event_handler", "push_event", "start", "stop"]
+
+
+def push_event(
+    event_type: str, object_id: int | str, metadata: Any = None, *, delay: float | timedelta | None = None
+) -> int:
+    """Record an event in the caller's transaction; see :func:`katello_events.event_queue.push.push_event`."""
+    from katello_events.event_queue.push import push_event as _push_event
+
+    return _push_event(event_type, object_id, metadata, delay=delay)
 
 
 def start() -> Runner:

@@ -12,6 +12,7 @@ class KatelloEventsConfig(AppConfig):
 
     def ready(self) -> None:
         from django.core.signals import request_started, setting_changed
+        from django.utils.module_loading import autodiscover_modules
 
         from katello_events import checks  # noqa: F401  (registers the system checks)
         from katello_events.conf import reset_config
@@ -19,3 +20,5 @@ class KatelloEventsConfig(AppConfig):
 
         setting_changed.connect(reset_config, dispatch_uid="katello_events.reset_config")
         request_started.connect(start_on_first_request, dispatch_uid="katello_events.autostart")
+        # Event handlers register themselves when their apps' events.py modules are imported.
+        autodiscover_modules("events")

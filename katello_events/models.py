@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
 
 
 class HandlerStatus(models.Model):
@@ -37,3 +39,42 @@ class HandlerStatus(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Event(models.Model):
+    """One pushed event of the durable queue (``push_event``), deleted once handled.
+
+    Nothing is ever marked "in progress": a batch is claimed with ``SELECT ... FOR UPDATE SKIP
+    LOCKED`` inside the transaction that runs its handlers and deletes its rows, so a runner
+    that dies mid-batch leaves its rows untouched and unlocked (PostgreSQL rolls back), and the
+    next runner takes them at once. Rows whose handler kept failing become ``dead``.
+    """
+
+    PENDING = "pending"
+    DEAD = "dead"
+    STATES = [(PENDING, "pending"), (DEAD, "dead")]
+
+    id = models.BigAutoField(primary_key=True)
+    event_type = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=255)
+    metadata = models.JSONField(null=True, blank=True)
+    state = models.CharField(max_length=10, choices=STATES, default=PENDING)
+    run_after = models.DateTimeField(db_default=Now(), help_text="Not handled before this time (delay, backoff).")
+    attempts = models.IntegerField(default=0, help_text="Failed attempts so far.")
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The claim scans pending rows in id order.
+            models.Index(fields=["id"], condition=Q(state="pending"), name="katello_events_pending_id"),
+            # Coalescing looks up the twins of a (type, object) pair.
+            models.Index(fields=["event_type", "object_id"], name="katello_events_type_object"),
+            # Queue depth and deferred counts.
+            models.Index(fields=["run_after"], condition=Q(state="pending"), name="katello_events_pending_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type}:{self.object_id} ({self.state})"

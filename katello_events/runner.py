@@ -49,6 +49,8 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._last_complaint: str | None = None
         self._heartbeat_failing = False
+        #: The supervisor while this process leads (for introspection), else None.
+        self.supervisor: Supervisor | None = None
         #: True when handlers did not stop in time: the lock is kept until the process exits.
         self.wedged = False
 
@@ -113,6 +115,7 @@ class Runner:
             connections.close_all()
             return False
         self._last_complaint = None
+        self.supervisor = supervisor
         self.leading.set()
         logger.info(
             "this process is now the katello_events runner (%s)",
@@ -168,6 +171,7 @@ class Runner:
         finally:
             connections.close_all()  # a standby holds no database connection
         self.leading.clear()
+        self.supervisor = None
         if stopped:
             self.election.release()
             logger.info("this process is no longer the katello_events runner", extra={"pid": self.identity.pid})

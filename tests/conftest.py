@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from katello_events.conf import get_config
+from katello_events.runner import Runner
 from tests.support import Server, server_env
 
 
@@ -37,3 +39,42 @@ def start_server(database_name: str, lock_file: Path, tmp_path: Path) -> Iterato
         server.stop()
     for server in started:
         print(f"---- {' '.join(server.args)} (exit {server.process.returncode})\n{server.log()}")
+
+
+def make_runner(lock_file, handlers: dict, **overrides) -> Runner:
+    """An in-process runner with fast intervals; ``handlers`` maps name -> (class, OPTIONS).
+
+    A class name without a dot is one of ``tests.probe``'s.
+    """
+    config = {
+        **get_config(),
+        "LOCK_FILE": str(lock_file),
+        "HANDLERS": {
+            name: {"BACKEND": cls if "." in cls else f"tests.probe.{cls}", "OPTIONS": opts}
+            for name, (cls, opts) in handlers.items()
+        },
+        "HEARTBEAT_INTERVAL": 0.1,
+        "STANDBY_INTERVAL": 0.05,
+        "RESTART_BACKOFF": 0.2,
+        "RESTART_BACKOFF_MAX": 0.4,
+        "START_RETRY_DELAY": 0.2,
+        "STOP_TIMEOUT": 2.0,
+        **overrides,
+    }
+    return Runner(config)
+
+
+@pytest.fixture
+def runners():
+    started: list[Runner] = []
+    yield started
+    for runner in started:
+        runner.stop(10)
+        runner.election.release()
+
+
+def start(runners, runner: Runner) -> Runner:
+    runners.append(runner)
+    runner.start()
+    assert runner.leading.wait(10), "the runner never took the lead"
+    return runner

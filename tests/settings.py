@@ -16,6 +16,8 @@ os.environ.setdefault(
 from example_project.settings import *  # noqa: E402,F403
 from example_project.settings import KATELLO_EVENTS  # noqa: E402
 
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.eventsapp"]  # noqa: F405
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation
 
 KATELLO_EVENTS = {

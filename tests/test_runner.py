@@ -7,46 +7,11 @@ import os
 
 import pytest
 
-from katello_events.conf import get_config
 from katello_events.models import HandlerStatus
-from katello_events.runner import Runner
+from tests.conftest import make_runner, start
 from tests.support import lock_holders, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def make_runner(lock_file, handlers: dict, **overrides) -> Runner:
-    config = {
-        **get_config(),
-        "LOCK_FILE": str(lock_file),
-        "HANDLERS": {
-            name: {"BACKEND": f"tests.probe.{cls}", "OPTIONS": opts} for name, (cls, opts) in handlers.items()
-        },
-        "HEARTBEAT_INTERVAL": 0.1,
-        "STANDBY_INTERVAL": 0.05,
-        "RESTART_BACKOFF": 0.2,
-        "RESTART_BACKOFF_MAX": 0.4,
-        "START_RETRY_DELAY": 0.2,
-        "STOP_TIMEOUT": 2.0,
-        **overrides,
-    }
-    return Runner(config)
-
-
-@pytest.fixture
-def runners():
-    started: list[Runner] = []
-    yield started
-    for runner in started:
-        runner.stop(10)
-        runner.election.release()
-
-
-def start(runners, runner: Runner) -> Runner:
-    runners.append(runner)
-    runner.start()
-    assert runner.leading.wait(10), "the runner never took the lead"
-    return runner
 
 
 def row(name: str) -> HandlerStatus | None:

@@ -1,0 +1,259 @@
+"""The consumer side of the event queue: claim a batch, coalesce, handle, delete, retry.
+
+One batch is one transaction: ``SELECT ... FOR UPDATE SKIP LOCKED`` claims the rows, the
+handlers run, the rows are deleted, and the commit makes all of it true at once. So:
+
+- a runner killed mid-batch changes nothing: PostgreSQL rolls back, the rows are unlocked and
+  the next runner takes them at once (and handlers' own database writes roll back with them);
+- nothing is ever marked "in progress", so nothing can be stuck there;
+- when one handler of a batch raises, the batch is rolled back and its groups are run again
+  one by one, each in a transaction of its own, so one failure costs the others nothing.
+
+Handler errors never escape :meth:`BatchConsumer.process_batch`; database errors (an outage)
+do, with every claimed row left as it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q, Value
+from django.db.models.functions import Now
+
+from katello_events.event_queue.types import QueuedEvent, RetryLater
+from katello_events.handlers.base import HandlerStats, describe_error
+from katello_events.models import Event
+from katello_events.redaction import get_logger, redact
+from katello_events.registry import HandlerRegistry, event_handlers
+
+logger = get_logger(__name__)
+
+#: Longest traceback text kept on a failed event (characters).
+MAX_ERROR_LENGTH = 4000
+
+_COLUMNS = ("id", "event_type", "object_id", "metadata", "attempts", "created_at")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed events are retried: ``max_attempts`` attempts, exponential backoff."""
+
+    max_attempts: int = 5
+    backoff: float = 10.0  # seconds before the second attempt; doubles each time
+    backoff_max: float = 3600.0  # seconds
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failure."""
+        return min(self.backoff * 2 ** max(attempts - 1, 0), self.backoff_max)
+
+
+@dataclass
+class Group:
+    """The claimed pending events of one (event_type, object_id): handled once, newest metadata."""
+
+    event_type: str
+    object_id: str
+    rows: list[tuple] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        return [row[0] for row in self.rows]
+
+    @property
+    def newest(self) -> tuple:
+        return max(self.rows, key=operator.itemgetter(0))
+
+    def event(self) -> QueuedEvent:
+        newest = self.newest
+        attempts = max(row[4] for row in self.rows)
+        return QueuedEvent(
+            id=newest[0], event_type=self.event_type, object_id=self.object_id, metadata=newest[3],
+            attempts=attempts, created_at=min(row[5] for row in self.rows), coalesced=len(self.rows),
+        )  # fmt: skip
+
+
+class _BatchFailed(Exception):
+    """A handler raised during the fast path: roll the batch back and go one by one."""
+
+
+class BatchConsumer:
+    """Handles the queue one batch per :meth:`process_batch` call, in the calling thread."""
+
+    def __init__(
+        self,
+        stats: HandlerStats,
+        *,
+        batch_size: int = 100,
+        retry: RetryPolicy | None = None,
+        registry: HandlerRegistry = event_handlers,
+    ) -> None:
+        self.stats = stats
+        self.batch_size = batch_size
+        self.retry = retry or RetryPolicy()
+        self.registry = registry
+
+    def process_batch(self) -> int:
+        """Handle one batch; the number of (type, object) groups it held (0: queue empty)."""
+        groups: list[Group] = []
+        outcomes: list[str] = []
+        try:
+            with transaction.atomic():
+                groups = self._claim()
+                if not groups:
+                    return 0
+                self.stats.set_gauge("in_progress", sum(len(g.rows) for g in groups))
+                outcomes = [self._run_in_batch(group) for group in groups]
+                for index, group in enumerate(groups):
+                    if outcomes[index] == "unknown":
+                        outcomes[index] = self._settle(group, "unknown")
+                handled = [i for g, o in zip(groups, outcomes, strict=True) if o == "processed" for i in g.ids]
+                Event.objects.filter(id__in=handled).delete()
+        except _BatchFailed:
+            outcomes = []  # rolled back: every group of the batch is pending again, untouched
+        finally:
+            self.stats.set_gauge("in_progress", 0)
+        if not outcomes:
+            # Outside the except block, so failures logged now do not chain to _BatchFailed.
+            self._one_by_one(groups)
+            return len(groups)
+        for group, outcome in zip(groups, outcomes, strict=True):
+            self._count(group, outcome)
+        return len(groups)
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    def _claim(self) -> list[Group]:
+        runnable = Event.objects.select_for_update(skip_locked=True).filter(state=Event.PENDING, run_after__lte=Now())
+        rows = list(runnable.order_by("id").values_list(*_COLUMNS)[: self.batch_size])
+        if len(rows) == self.batch_size:
+            # A deep queue: sweep in the twins of the claimed pairs that lie beyond the batch,
+            # so each pair runs once for all of its pending events.
+            pairs = {(row[1], row[2]) for row in rows}
+            same_pair = functools.reduce(operator.or_, (Q(event_type=t, object_id=o) for t, o in pairs))
+            claimed = [row[0] for row in rows]
+            rows += runnable.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
+        return group_rows(rows)
+
+    # -- the fast path: the whole batch in one transaction ---------------------------------
+
+    def _run_in_batch(self, group: Group) -> str:
+        function = self.registry.get(group.event_type)
+        if function is None:
+            return "unknown"  # kept as dead by process_batch
+        try:
+            function(group.event())
+        except Exception as exc:
+            raise _BatchFailed from exc
+        return "processed"
+
+    # -- the slow path: one group per transaction --------------------------------------------
+
+    def _one_by_one(self, groups: Iterable[Group]) -> None:
+        for group in groups:
+            outcome = self._run_alone(group)
+            if outcome:
+                self._count(group, outcome)
+
+    def _run_alone(self, group: Group) -> str | None:
+        with transaction.atomic():
+            locked = set(
+                Event.objects.select_for_update(skip_locked=True)
+                .filter(id__in=group.ids, state=Event.PENDING)
+                .values_list("id", flat=True)
+            )
+            group.rows = [row for row in group.rows if row[0] in locked]
+            if not group.rows:
+                return None
+            function = self.registry.get(group.event_type)
+            if function is None:
+                return self._settle(group, "unknown")
+            try:
+                with transaction.atomic():  # a savepoint: the handler's own writes
+                    function(group.event())
+            except RetryLater as retry:
+                return self._settle(group, "retry_later", delay=retry.seconds)
+            except Exception as exc:
+                return self._settle(group, "failed", error=exc)
+            Event.objects.filter(id__in=group.ids).delete()
+            return "processed"
+
+    def _settle(self, group: Group, outcome: str, *, delay: float = 0.0, error: BaseException | None = None) -> str:
+        """Fold the group into its newest row and reschedule it, or keep it as dead."""
+        event = group.event()
+        attempts = event.attempts
+        fields: dict[str, Any] = {"updated_at": Now()}
+        if outcome == "unknown":
+            attempts += 1
+            outcome = "dead"
+            fields.update(state=Event.DEAD, last_error=f"no handler is registered for event type {event.event_type!r}")
+            logger.error("event %s dropped to dead: %s", _label(event), fields["last_error"], extra=_extra(event))
+        elif outcome == "failed":
+            attempts += 1
+            fields["last_error"] = _error_text(error)
+            if attempts >= self.retry.max_attempts:
+                outcome = "dead"
+                fields["state"] = Event.DEAD
+            else:
+                delay = self.retry.delay_after(attempts)
+            _log_failure(event, attempts, self.retry.max_attempts, delay, error, dead=outcome == "dead")
+        if outcome != "dead":
+            fields["run_after"] = Now() + Value(timedelta(seconds=delay))
+        Event.objects.filter(id=event.id).update(attempts=attempts, **fields)
+        Event.objects.filter(id__in=[i for i in group.ids if i != event.id]).delete()
+        return outcome
+
+    # -- counting ----------------------------------------------------------------------------
+
+    def _count(self, group: Group, outcome: str) -> None:
+        if outcome == "processed":
+            self.stats.increment("processed")
+            if len(group.rows) > 1:
+                self.stats.increment("coalesced", len(group.rows) - 1)
+        elif outcome == "retry_later":
+            self.stats.increment("retried_later")
+        else:  # failed, dead, unknown
+            self.stats.increment("failed")
+            if outcome in ("dead", "unknown"):
+                self.stats.increment("dead")
+
+
+def group_rows(rows: Iterable[tuple]) -> list[Group]:
+    """Rows grouped by (event_type, object_id), in the order of each group's oldest row."""
+    groups: dict[tuple[str, str], Group] = {}
+    for row in sorted(rows, key=operator.itemgetter(0)):
+        key = (row[1], row[2])
+        if key not in groups:
+            groups[key] = Group(event_type=row[1], object_id=row[2])
+        groups[key].rows.append(row)
+    return list(groups.values())
+
+
+def _label(event: QueuedEvent) -> str:
+    return f"{event.event_type}:{event.object_id} (#{event.id})"
+
+
+def _extra(event: QueuedEvent) -> dict[str, Any]:
+    return {"event_id": event.id, "event_type": event.event_type, "object_id": event.object_id}
+
+
+def _error_text(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    text = "".join(traceback.format_exception(error))
+    return redact(text[-MAX_ERROR_LENGTH:])
+
+
+def _log_failure(event: QueuedEvent, attempts: int, max_attempts: int, delay: float, error, *, dead: bool) -> None:
+    what = "kept as dead" if dead else f"retrying in {delay:g}s"
+    logger.error(
+        "event handler for %s failed (attempt %d of %d), %s: %s",
+        _label(event), attempts, max_attempts, what, describe_error(error),
+        exc_info=error, extra={**_extra(event), "attempts": attempts},
+    )  # fmt: skip
