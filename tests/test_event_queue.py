@@ -265,3 +265,24 @@ def test_group_rows_orders_groups_by_their_oldest_event():
     event = groups[0].event()
     assert (event.id, event.metadata, event.attempts, event.coalesced) == (9, {}, 1, 2)
     assert json.dumps(event.metadata) == "{}"
+
+
+def test_twin_sweeps_back_off_while_they_find_nothing_and_resume_when_they_do():
+    from katello_events.event_queue.consumer import MAX_SWEEP_INTERVAL, BatchConsumer
+    from katello_events.handlers.base import HandlerStats
+
+    consumer = BatchConsumer(HandlerStats(), batch_size=2)
+    full, short = [(1,), (2,)], [(1,)]
+    assert not consumer._sweep_due(short), "a batch that is not full leaves no twins behind"
+    swept = []
+    for _ in range(200):
+        if consumer._sweep_due(full):
+            swept.append(True)
+            consumer._swept([])
+        else:
+            swept.append(False)
+    gaps = [i for i, s in enumerate(swept) if s]
+    assert gaps[:4] == [0, 2, 6, 14], "the interval doubles while sweeps find nothing"
+    assert max(b - a for a, b in zip(gaps, gaps[1:], strict=False)) == MAX_SWEEP_INTERVAL
+    consumer._swept([(3, "t", "o", None, 0, None)])
+    assert consumer._sweep_due(full), "a sweep that finds twins makes the next one due at once"

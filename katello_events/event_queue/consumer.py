@@ -16,6 +16,7 @@ do, with every claimed row left as it was.
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import traceback
 from collections.abc import Iterable
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import Q, Value
 from django.db.models.functions import Now
 
@@ -35,10 +36,33 @@ from katello_events.registry import HandlerRegistry, event_handlers
 
 logger = get_logger(__name__)
 
+#: At most this many full batches go by without a twin sweep (see BatchConsumer._sweep_due).
+MAX_SWEEP_INTERVAL = 32
+
 #: Longest traceback text kept on a failed event (characters).
 MAX_ERROR_LENGTH = 4000
 
 _COLUMNS = ("id", "event_type", "object_id", "metadata", "attempts", "created_at")
+
+_TAKE_SQL = """
+DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
+    SELECT id FROM katello_events_event
+    WHERE state = 'pending' AND run_after <= statement_timestamp()
+    ORDER BY id LIMIT %s
+    FOR UPDATE SKIP LOCKED))
+RETURNING id, event_type, object_id, metadata, attempts, created_at
+"""
+
+# One index probe per pair; the ORM would compile a 100-branch OR for every batch.
+_TAKE_TWINS_SQL = """
+DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
+    SELECT e.id FROM katello_events_event e
+    JOIN unnest(%s::varchar[], %s::varchar[]) AS pair(event_type, object_id)
+      ON e.event_type = pair.event_type AND e.object_id = pair.object_id
+    WHERE e.state = 'pending' AND e.run_after <= statement_timestamp()
+    FOR UPDATE OF e SKIP LOCKED))
+RETURNING id, event_type, object_id, metadata, attempts, created_at
+"""
 
 
 @dataclass(frozen=True)
@@ -98,60 +122,96 @@ class BatchConsumer:
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
         self.registry = registry
+        self._sweep_interval = 1  # full batches per twin sweep (adaptive, see _sweep_due)
+        self._sweeps_to_skip = 0
 
     def process_batch(self) -> int:
         """Handle one batch; the number of (type, object) groups it held (0: queue empty)."""
         groups: list[Group] = []
-        outcomes: list[str] = []
         try:
             with transaction.atomic():
-                groups = self._claim()
+                groups = group_rows(self._take())
                 if not groups:
                     return 0
                 self.stats.set_gauge("in_progress", sum(len(g.rows) for g in groups))
-                outcomes = [self._run_in_batch(group) for group in groups]
-                for index, group in enumerate(groups):
-                    if outcomes[index] == "unknown":
-                        outcomes[index] = self._settle(group, "unknown")
-                handled = [i for g, o in zip(groups, outcomes, strict=True) if o == "processed" for i in g.ids]
-                Event.objects.filter(id__in=handled).delete()
+                for group in groups:
+                    self._run_in_batch(group)
+                self._delete_taken(groups)
+            failed = False
         except _BatchFailed:
-            outcomes = []  # rolled back: every group of the batch is pending again, untouched
+            failed = True  # rolled back: every group of the batch is pending again, untouched
         finally:
             self.stats.set_gauge("in_progress", 0)
-        if not outcomes:
+        if failed:
             # Outside the except block, so failures logged now do not chain to _BatchFailed.
             self._one_by_one(groups)
-            return len(groups)
-        for group, outcome in zip(groups, outcomes, strict=True):
-            self._count(group, outcome)
+        else:
+            for group in groups:
+                self._count(group, "processed")
         return len(groups)
 
-    # -- claiming ------------------------------------------------------------------------------
+    # -- taking a batch ------------------------------------------------------------------------
 
-    def _claim(self) -> list[Group]:
+    def _take(self) -> list[tuple]:
+        """Claim a batch (and, from a deep queue, the twins of its pairs beyond it).
+
+        On PostgreSQL the rows are deleted as they are claimed (``DELETE ... RETURNING``): in
+        this transaction that is the same as deleting them after their handlers, and it saves
+        a round trip per batch; a rollback puts them all back.
+        """
+        connection = connections[router.db_for_write(Event)]
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(_TAKE_SQL, [self.batch_size])
+                rows = cursor.fetchall()
+                if self._sweep_due(rows):
+                    pairs = sorted({(row[1], row[2]) for row in rows})
+                    cursor.execute(_TAKE_TWINS_SQL, [[t for t, _ in pairs], [o for _, o in pairs]])
+                    rows += self._swept(cursor.fetchall())
+            return [(*row[:3], _decode_json(row[3]), *row[4:]) for row in rows]
         runnable = Event.objects.select_for_update(skip_locked=True).filter(state=Event.PENDING, run_after__lte=Now())
         rows = list(runnable.order_by("id").values_list(*_COLUMNS)[: self.batch_size])
-        if len(rows) == self.batch_size:
-            # A deep queue: sweep in the twins of the claimed pairs that lie beyond the batch,
-            # so each pair runs once for all of its pending events.
+        if self._sweep_due(rows):
             pairs = {(row[1], row[2]) for row in rows}
             same_pair = functools.reduce(operator.or_, (Q(event_type=t, object_id=o) for t, o in pairs))
             claimed = [row[0] for row in rows]
-            rows += runnable.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
-        return group_rows(rows)
+            twins = runnable.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
+            rows += self._swept(list(twins))
+        return rows
+
+    def _sweep_due(self, rows: list[tuple]) -> bool:
+        """Whether to sweep in the twins of this batch's pairs from deeper in the queue.
+
+        Only a full batch can leave twins behind. A sweep costs an index probe per pair, so
+        while sweeps find nothing they are made less and less often (down to one full batch
+        in ``MAX_SWEEP_INTERVAL``); a twin that escapes simply runs later (at least once).
+        """
+        if len(rows) < self.batch_size:
+            return False
+        if self._sweeps_to_skip > 0:
+            self._sweeps_to_skip -= 1
+            return False
+        return True
+
+    def _swept(self, twins: list[tuple]) -> list[tuple]:
+        self._sweep_interval = 1 if twins else min(self._sweep_interval * 2, MAX_SWEEP_INTERVAL)
+        self._sweeps_to_skip = self._sweep_interval - 1
+        return twins
+
+    def _delete_taken(self, groups: list[Group]) -> None:
+        if connections[router.db_for_write(Event)].vendor != "postgresql":  # deleted when taken there
+            Event.objects.filter(id__in=[i for g in groups for i in g.ids]).delete()
 
     # -- the fast path: the whole batch in one transaction ---------------------------------
 
-    def _run_in_batch(self, group: Group) -> str:
+    def _run_in_batch(self, group: Group) -> None:
         function = self.registry.get(group.event_type)
         if function is None:
-            return "unknown"  # kept as dead by process_batch
+            raise _BatchFailed(f"no handler for {group.event_type!r}")  # settled as dead one by one
         try:
             function(group.event())
         except Exception as exc:
             raise _BatchFailed from exc
-        return "processed"
 
     # -- the slow path: one group per transaction --------------------------------------------
 
@@ -233,6 +293,11 @@ def group_rows(rows: Iterable[tuple]) -> list[Group]:
             groups[key] = Group(event_type=row[1], object_id=row[2])
         groups[key].rows.append(row)
     return list(groups.values())
+
+
+def _decode_json(value: str | None) -> Any:
+    # Django's PostgreSQL connections hand jsonb over undecoded (JSONField decodes it).
+    return None if value is None else json.loads(value)
 
 
 def _label(event: QueuedEvent) -> str:
