@@ -16,7 +16,7 @@ class KatelloEventsConfig(AppConfig):
 
         from katello_events import checks  # noqa: F401  (registers the system checks)
         from katello_events.conf import reset_config
-        from katello_events.signals import start_on_first_request
+        from katello_events.lifecycle import start_on_first_request
 
         setting_changed.connect(reset_config, dispatch_uid="katello_events.reset_config")
         request_started.connect(start_on_first_request, dispatch_uid="katello_events.autostart")

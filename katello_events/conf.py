@@ -52,6 +52,12 @@ DEFAULTS: dict[str, Any] = {
     # Handler slots: name -> {"BACKEND": dotted path of a Handler subclass, "OPTIONS": {...}}.
     # Given whole: a HANDLERS setting replaces the default dict, it is not merged into it.
     "HANDLERS": DEFAULT_HANDLERS,
+    # Queue depth above which a service reads WARN and queue_depth_exceeded is sent: one number
+    # for every handler, or a dict of handler name -> number (key "default" for the others).
+    # None: never warn.
+    "QUEUE_DEPTH_WARNING": 1000,
+    # Seconds the status read of /api/ping, /about/ and `ping` may take before it reports FAIL.
+    "PING_TIMEOUT": 2.0,
     # Who sees error texts, hostnames and pids in /api/ping and on /about/:
     # "staff" (authenticated staff users), "authenticated", "everyone" or "nobody".
     "DETAILS_VISIBLE_TO": "staff",
@@ -92,3 +98,9 @@ def default_lock_file(databases: dict[str, Any] | None = None) -> str:
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return os.path.join(base, "katello_events", f"runner-{digest}.lock")
+
+
+def queue_depth_threshold(name: str, config: dict[str, Any] | None = None) -> int | None:
+    """The queue depth above which handler ``name`` reads WARN (``QUEUE_DEPTH_WARNING``), or None."""
+    setting = (config or get_config())["QUEUE_DEPTH_WARNING"]
+    return setting.get(name, setting.get("default")) if isinstance(setting, dict) else setting

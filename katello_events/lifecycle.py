@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from typing import Any
 
 from katello_events.autostart import autostart_blocker
 from katello_events.conf import get_config
@@ -78,3 +79,11 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def start_on_first_request(sender: Any, **kwargs: Any) -> None:
+    """``request_started`` receiver: the first request a worker serves starts its standby.
+
+    Cheap after the first call (one pid comparison); see :func:`autostart`.
+    """
+    autostart("first request")

@@ -14,6 +14,7 @@ from katello_events.conf import get_config, handler_specs
 from katello_events.election import FileLockElection
 from katello_events.handlers.base import describe_error
 from katello_events.redaction import get_logger
+from katello_events.status.depth_warnings import QueueDepthMonitor
 from katello_events.status.store import RunnerIdentity, StatusStore
 from katello_events.supervisor import Supervisor
 
@@ -49,6 +50,7 @@ class Runner:
         self._thread: threading.Thread | None = None
         self._last_complaint: str | None = None
         self._heartbeat_failing = False
+        self._depth_monitor = QueueDepthMonitor(self.config)
         #: The supervisor while this process leads (for introspection), else None.
         self.supervisor: Supervisor | None = None
         #: True when handlers did not stop in time: the lock is kept until the process exits.
@@ -142,8 +144,10 @@ class Runner:
             self._heartbeat(supervisor, store)
 
     def _heartbeat(self, supervisor: Supervisor, store: StatusStore) -> None:
+        snapshots = supervisor.snapshots()
+        self._depth_monitor.observe(snapshots)
         try:
-            store.heartbeat(supervisor.snapshots())
+            store.heartbeat(snapshots)
         except Exception as exc:
             # The handlers report their own database trouble; the counters stay pending here
             # and are flushed by the first heartbeat that gets through. Logged once per outage.

@@ -1,15 +1,15 @@
-"""Signal receivers connected by ``KatelloEventsConfig.ready()``."""
+"""Signals katello_events sends, for applications to hook their own notifications.
 
-from __future__ import annotations
+Both are sent from the runner's control thread (``send_robust``: a receiver that raises is
+logged, never breaks the runner), once per crossing, with ``sender=None`` and keyword arguments
+``handler`` (the slot name), ``depth`` and ``threshold``. Keep receivers quick: they run between
+heartbeats.
+"""
 
-from typing import Any
+from django.dispatch import Signal
 
+#: The handler's queue got deeper than its ``QUEUE_DEPTH_WARNING`` threshold.
+queue_depth_exceeded = Signal()
 
-def start_on_first_request(sender: Any, **kwargs: Any) -> None:
-    """``request_started`` receiver: the first request a worker serves starts its standby.
-
-    Cheap after the first call (one pid comparison); see :func:`katello_events.lifecycle.autostart`.
-    """
-    from katello_events.lifecycle import autostart
-
-    autostart("first request")
+#: The handler's queue is back to 80 % of its threshold or less.
+queue_depth_recovered = Signal()

@@ -83,3 +83,17 @@ class BrokenStatusHandler(CountingHandler):
 
     def details(self) -> dict:
         raise KeyError("details")
+
+
+#: The depth DepthHandler reports; tests running an in-process runner set it.
+DEPTH = {"value": 0}
+
+
+class DepthHandler(Handler):
+    """Reports whatever queue depth the test sets in ``DEPTH``."""
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.tick()
+            self.stats.set_gauge("queue_depth", DEPTH["value"])
+            self.sleep(0.02)

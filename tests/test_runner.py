@@ -126,3 +126,45 @@ def test_malformed_handler_options_release_the_lock(runners, lock_file, caplog):
     wait_for(lambda: "could not start the handlers" in caplog.text, 5, "start failure logged")
     wait_for(lambda: lock_holders(lock_file) == set(), 5, "lock released")
     assert not runner.finished.is_set(), "the control loop keeps competing"
+
+
+def test_queue_depth_warnings_fire_once_per_crossing_with_hysteresis(runners, lock_file, caplog):
+    from katello_events.signals import queue_depth_exceeded, queue_depth_recovered
+    from tests.probe import DEPTH
+
+    received = []
+
+    def receiver(signal, **kwargs):
+        received.append((signal, kwargs["handler"], kwargs["depth"], kwargs["threshold"]))
+
+    def broken_receiver(**kwargs):
+        raise RuntimeError("a receiver's bug must not break the runner")
+
+    queue_depth_exceeded.connect(receiver)
+    queue_depth_exceeded.connect(broken_receiver)
+    queue_depth_recovered.connect(receiver)
+    try:
+        DEPTH["value"] = 5
+        start(runners, make_runner(lock_file, {"depth": ("DepthHandler", {})}, QUEUE_DEPTH_WARNING={"depth": 10}))
+        wait_for(lambda: row("depth") and row("depth").queue_depth == 5, 5, "depth reported")
+        DEPTH["value"] = 50
+        wait_for(lambda: received, 5, "exceeded sent")
+        wait_for(lambda: row("depth").queue_depth == 50, 5, "deep queue reported")
+        DEPTH["value"] = 9  # below the threshold, above 80 % of it: no recovery yet
+        wait_for(lambda: row("depth").queue_depth == 9, 5, "depth 9 reported")
+        DEPTH["value"] = 8
+        wait_for(lambda: len(received) == 2, 5, "recovered sent")
+        DEPTH["value"] = 11
+        wait_for(lambda: len(received) == 3, 5, "exceeded sent again on the next crossing")
+        wait_for(lambda: row("depth").queue_depth == 11, 5, "depth 11 reported")
+    finally:
+        queue_depth_exceeded.disconnect(receiver)
+        queue_depth_exceeded.disconnect(broken_receiver)
+        queue_depth_recovered.disconnect(receiver)
+    assert [(s is queue_depth_exceeded, h, d, t) for s, h, d, t in received] == [
+        (True, "depth", 50, 10),
+        (False, "depth", 8, 10),
+        (True, "depth", 11, 10),
+    ]
+    assert caplog.text.count("above its threshold of 10") == 2
+    assert "a receiver's bug" in caplog.text

@@ -78,6 +78,63 @@ def test_a_problem_is_fail_with_its_text():
     assert entry["message"] == "database unreachable: OperationalError: boom"
 
 
+def test_a_queue_deeper_than_its_threshold_is_warn_but_not_fail():
+    make_row("katello_events", queue_depth=1500)
+    make_row("candlepin_events", queue_depth=None)
+    document = report.collect_status()
+    entry = document["services"]["katello_events"]
+    assert entry["status"] == "WARN"
+    assert entry["message"] == "12 Processed, 1 Failed, 1500 in queue (queue deeper than 1000)"
+    assert entry["queue_depth_threshold"] == 1000
+    assert document["status"] == "ok", "WARN alone does not fail the ping"
+    assert document["services"]["candlepin_events"]["status"] == "ok", "unknown depth never warns"
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [(2000, "ok"), ({"katello_events": 100}, "WARN"), ({"default": 100}, "WARN"), (None, "ok")],
+)
+def test_thresholds_per_handler_or_default(setting, expected):
+    make_row("katello_events", queue_depth=1500)
+    with override_settings(KATELLO_EVENTS={"QUEUE_DEPTH_WARNING": setting}):
+        assert services()["katello_events"]["status"] == expected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_database_makes_the_ping_fail_fast_instead_of_hanging():
+    import threading
+    import time
+
+    from django.db import connections
+
+    make_row("katello_events")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_an_exclusive_lock():
+        with connections["default"].cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("LOCK TABLE katello_events_handlerstatus IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(30)
+            cursor.execute("ROLLBACK")
+        connections["default"].close()
+
+    holder = threading.Thread(target=hold_an_exclusive_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        with override_settings(KATELLO_EVENTS={"PING_TIMEOUT": 0.5}):
+            started = time.monotonic()
+            document = report.collect_status()
+            took = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(30)
+    assert document["status"] == "FAIL"
+    assert "statement timeout" in document["services"]["katello_events"]["message"]
+    assert took < 20, "bounded by PING_TIMEOUT, not by the lock"
+
+
 def test_unreachable_database_is_fail_and_redacted(monkeypatch):
     def broken(*args, **kwargs):
         raise OperationalError('connection to server failed: password="hunter2" rejected')

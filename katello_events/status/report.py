@@ -10,10 +10,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 
-from katello_events.conf import get_config
+from katello_events.conf import get_config, queue_depth_threshold
 from katello_events.handlers.base import describe_error
 from katello_events.models import HandlerStatus
 from katello_events.redaction import redact
@@ -30,8 +30,7 @@ def collect_status() -> dict[str, Any]:
     names = list(config["HANDLERS"])
     started = time.monotonic()
     try:
-        rows = list(HandlerStatus.objects.filter(name__in=names).annotate(db_now=Now()))
-        db_now = rows[0].db_now if rows else None
+        rows, db_now = _read_rows(names, float(config["PING_TIMEOUT"]))
     except (OperationalError, InterfaceError) as exc:
         connections["default"].close()
         return unreachable_document(names, f"database unreachable: {redact(describe_error(exc))}")
@@ -39,11 +38,33 @@ def collect_status() -> dict[str, Any]:
         return unreachable_document(names, f"status unreadable (migrations applied?): {redact(describe_error(exc))}")
     duration_ms = str(round((time.monotonic() - started) * 1000))
     by_name = {row.name: row for row in rows}
-    services = {name: service_entry(by_name.get(name), db_now, config["STALE_AFTER"], duration_ms) for name in names}
+    services = {
+        name: service_entry(
+            by_name.get(name), db_now, config["STALE_AFTER"], duration_ms, queue_depth_threshold(name, config)
+        )
+        for name in names
+    }
     return {"status": overall(services), "services": services}
 
 
-def service_entry(row: HandlerStatus | None, db_now: datetime | None, stale_after: float, duration_ms: str) -> dict:
+def _read_rows(names: list[str], timeout: float) -> tuple[list[HandlerStatus], datetime | None]:
+    """The rows and the database's clock; a slow database fails after ``timeout`` seconds."""
+    connection = connections["default"]
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(int(timeout * 1000))])
+        rows = list(HandlerStatus.objects.filter(name__in=names).annotate(db_now=Now()))
+    return rows, (rows[0].db_now if rows else None)
+
+
+def service_entry(
+    row: HandlerStatus | None,
+    db_now: datetime | None,
+    stale_after: float,
+    duration_ms: str,
+    threshold: int | None = None,
+) -> dict:
     """One service of the document, judged from its row (None: no row yet)."""
     if row is None:
         return _entry(FAIL, "Not running (never started)", duration_ms, running=False)
@@ -59,6 +80,8 @@ def service_entry(row: HandlerStatus | None, db_now: datetime | None, stale_afte
         status, message = FAIL, f"Not running (no heartbeat for {age:.0f}s)" if age is not None else "Not running"
     elif row.problem:
         status, message = FAIL, row.problem
+    elif threshold is not None and row.queue_depth is not None and row.queue_depth > threshold:
+        status, message = WARN, f"{counts} (queue deeper than {threshold})"
     else:
         status, message = OK, counts
     entry = _entry(status, message, duration_ms, running=running)
@@ -66,6 +89,7 @@ def service_entry(row: HandlerStatus | None, db_now: datetime | None, stale_afte
         processed_count=row.processed_count,
         failed_count=row.failed_count,
         queue_depth=row.queue_depth,
+        queue_depth_threshold=threshold,
         last_heartbeat=_iso(row.heartbeat_at),
         heartbeat_age_s=round(age, 1) if age is not None else None,
         counters=row.counters,
