@@ -129,6 +129,17 @@ def test_twins_beyond_a_full_batch_are_swept_in(runners, lock_file):
     assert Handling.objects.count() == 11
 
 
+def test_delay_debounces_a_pair_runs_once_when_its_first_event_is_due(runners, lock_file):
+    run_queue(runners, lock_file)
+    with transaction.atomic():
+        katello_events.push_event("test.record", "composite-1", {"n": 0}, delay=1.0)
+    for n in range(1, 10):  # ten quick pushes, each its own transaction
+        katello_events.push_event("test.record", "composite-1", {"n": n}, delay=1.0)
+    wait_for(queue_drained, 15, "handled once due")
+    [run] = handled("composite-1")
+    assert (run.metadata, run.coalesced) == ({"n": 9}, 10)
+
+
 def test_an_event_pushed_while_its_twin_runs_runs_again_afterwards(runners, lock_file, tmp_path):
     mark = tmp_path / "started"
     run_queue(runners, lock_file)
@@ -273,7 +284,8 @@ def test_twin_sweeps_back_off_while_they_find_nothing_and_resume_when_they_do():
 
     consumer = BatchConsumer(HandlerStats(), batch_size=2)
     full, short = [(1,), (2,)], [(1,)]
-    assert not consumer._sweep_due(short), "a batch that is not full leaves no twins behind"
+    assert consumer._sweep_due(short), "a batch that is not full always sweeps (the queue is shallow)"
+    assert not consumer._sweep_due([]), "an empty batch has nothing to sweep for"
     swept = []
     for _ in range(200):
         if consumer._sweep_due(full):

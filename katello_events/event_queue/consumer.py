@@ -59,7 +59,7 @@ DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
     SELECT e.id FROM katello_events_event e
     JOIN unnest(%s::varchar[], %s::varchar[]) AS pair(event_type, object_id)
       ON e.event_type = pair.event_type AND e.object_id = pair.object_id
-    WHERE e.state = 'pending' AND e.run_after <= statement_timestamp()
+    WHERE e.state = 'pending'
     FOR UPDATE OF e SKIP LOCKED))
 RETURNING id, event_type, object_id, metadata, attempts, created_at
 """
@@ -167,7 +167,7 @@ class BatchConsumer:
                 if self._sweep_due(rows):
                     pairs = sorted({(row[1], row[2]) for row in rows})
                     cursor.execute(_TAKE_TWINS_SQL, [[t for t, _ in pairs], [o for _, o in pairs]])
-                    rows += self._swept(cursor.fetchall())
+                    rows += self._swept(cursor.fetchall(), full_batch=len(rows) == self.batch_size)
             return [(*row[:3], _decode_json(row[3]), *row[4:]) for row in rows]
         runnable = Event.objects.select_for_update(skip_locked=True).filter(state=Event.PENDING, run_after__lte=Now())
         rows = list(runnable.order_by("id").values_list(*_COLUMNS)[: self.batch_size])
@@ -175,25 +175,31 @@ class BatchConsumer:
             pairs = {(row[1], row[2]) for row in rows}
             same_pair = functools.reduce(operator.or_, (Q(event_type=t, object_id=o) for t, o in pairs))
             claimed = [row[0] for row in rows]
-            twins = runnable.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
-            rows += self._swept(list(twins))
+            pending = Event.objects.select_for_update(skip_locked=True).filter(state=Event.PENDING)
+            twins = pending.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
+            rows += self._swept(list(twins), full_batch=len(rows) == self.batch_size)
         return rows
 
     def _sweep_due(self, rows: list[tuple]) -> bool:
-        """Whether to sweep in the twins of this batch's pairs from deeper in the queue.
+        """Whether to take the other pending events of this batch's pairs too.
 
-        Only a full batch can leave twins behind. A sweep costs an index probe per pair, so
-        while sweeps find nothing they are made less and less often (down to one full batch
-        in ``MAX_SWEEP_INTERVAL``); a twin that escapes simply runs later (at least once).
+        Twins are taken whether due or not (deferred by ``delay`` or a retry backoff): a pair
+        runs once for all its pending events as soon as any of them is due, which is what
+        makes ``delay`` a debounce. A batch that is not full drained the due queue, so its sweep
+        is cheap and always made. A full batch (a deep queue) pays an index probe per pair, so
+        while such sweeps find nothing they are made less and less often (down to one full
+        batch in ``MAX_SWEEP_INTERVAL``); a twin that escapes runs later (at least once).
         """
         if len(rows) < self.batch_size:
-            return False
+            return bool(rows)
         if self._sweeps_to_skip > 0:
             self._sweeps_to_skip -= 1
             return False
         return True
 
-    def _swept(self, twins: list[tuple]) -> list[tuple]:
+    def _swept(self, twins: list[tuple], *, full_batch: bool = True) -> list[tuple]:
+        if not full_batch:
+            return twins
         self._sweep_interval = 1 if twins else min(self._sweep_interval * 2, MAX_SWEEP_INTERVAL)
         self._sweeps_to_skip = self._sweep_interval - 1
         return twins
