@@ -119,6 +119,8 @@ run_tests() {
   ensure_stomp_broker
   say "ruff"
   "$VENV/bin/ruff" check .
+  say "docs (mkdocs --strict)"
+  "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$ROOT/artifacts/site"
   say "pytest"
   mkdir -p "$ROOT/artifacts"
   local status=0
