@@ -80,6 +80,18 @@ ensure_stomp_broker() {
   wait_for_port 127.0.0.1 61613 120 "RabbitMQ STOMP"
 }
 
+ensure_chromium() {  # headless Chromium for tests/test_browser.py (Debian's package)
+  if command -v chromium >/dev/null 2>&1; then
+    return
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    say "chromium is missing and this is not root: the browser test will be skipped (apt-get install chromium)"
+    return
+  fi
+  say "installing Chromium"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
 create_database() {  # name
   "$VENV/bin/python" - "$1" <<'EOF'
 import sys
@@ -117,6 +129,7 @@ run_tests() {
   ensure_venv
   ensure_postgres
   ensure_stomp_broker
+  ensure_chromium
   say "ruff"
   "$VENV/bin/ruff" check .
   say "docs (mkdocs --strict)"

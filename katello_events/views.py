@@ -4,25 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
 from katello_events.conf import get_config
-from katello_events.status.report import FAIL, collect_status, public_document
+from katello_events.status.report import FAIL, WARN, collect_status, public_document
 
 
 def details_visible(request: HttpRequest) -> bool:
     """Whether this caller may see error texts, hostnames and pids (``DETAILS_VISIBLE_TO``)."""
     audience = get_config()["DETAILS_VISIBLE_TO"]
-    user = getattr(request, "user", None)
-    if audience == "everyone":
-        return True
-    if audience == "authenticated":
-        return bool(user and user.is_authenticated)
-    if audience == "staff":
-        return bool(user and user.is_authenticated and user.is_staff)
-    return False
+    if audience not in ("authenticated", "staff"):
+        return audience == "everyone"
+    try:
+        user = getattr(request, "user", None)
+        if not (user and user.is_authenticated):
+            return False
+        return audience == "authenticated" or bool(user.is_staff)
+    except DatabaseError:
+        # A signed-in caller's session and user are loaded from the database. When it is down,
+        # the caller reads as anonymous: the ping must report the outage, not fail with a 500.
+        return False
+
+
+def overall_with_warnings(document: dict[str, Any]) -> str:
+    """``FAIL``, ``WARN`` when a service warns (the document's own status stays ``ok`` then, as
+    Katello's ping did), or ``ok``."""
+    if document["status"] == FAIL:
+        return FAIL
+    return WARN if any(s["status"] == WARN for s in document["services"].values()) else document["status"]
 
 
 def _document_for(request: HttpRequest) -> tuple[dict[str, Any], bool]:
@@ -42,5 +54,10 @@ def ping(request: HttpRequest) -> JsonResponse:
 def about(request: HttpRequest) -> HttpResponse:
     """The "Backend System Status" page (template ``katello_events/about.html``)."""
     document, detailed = _document_for(request)
-    context = {"document": document, "services": document["services"], "detailed": detailed}
+    context = {
+        "document": document,
+        "services": document["services"],
+        "detailed": detailed,
+        "overall": overall_with_warnings(document),
+    }
     return render(request, "katello_events/about.html", context, status=503 if document["status"] == FAIL else 200)

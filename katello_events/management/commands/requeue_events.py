@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models.functions import Now
 
-from katello_events.event_queue.push import NOTIFY_CHANNEL
+from katello_events.event_queue.maintenance import requeue_dead
 from katello_events.models import Event
 
 
@@ -20,22 +19,13 @@ class Command(BaseCommand):
         parser.add_argument("--all", action="store_true", help="Every dead event.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        dead = Event.objects.filter(state=Event.DEAD)
+        events = Event.objects.all()
         if options["ids"] or options["types"]:
             if options["ids"]:
-                dead = dead.filter(id__in=options["ids"])
+                events = events.filter(id__in=options["ids"])
             if options["types"]:
-                dead = dead.filter(event_type__in=options["types"])
+                events = events.filter(event_type__in=options["types"])
         elif not options["all"]:
             raise CommandError("say which dead events to requeue: --id N, --type TYPE, or --all")
-        count = dead.update(state=Event.PENDING, attempts=0, run_after=Now(), updated_at=Now())
-        if count:
-            self._wake_consumer()
+        count = requeue_dead(events)
         self.stdout.write(f"{count} dead event(s) requeued")
-
-    def _wake_consumer(self) -> None:
-        from django.db import connection
-
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])

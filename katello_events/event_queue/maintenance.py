@@ -1,0 +1,35 @@
+"""Operator actions on the queue, shared by ``manage.py requeue_events`` and the Django admin."""
+
+from __future__ import annotations
+
+from django.db import connections, router, transaction
+from django.db.models import QuerySet
+from django.db.models.functions import Now
+
+from katello_events.event_queue.push import NOTIFY_CHANNEL
+from katello_events.models import Event
+
+
+def requeue_dead(events: QuerySet[Event] | None = None) -> int:
+    """Move the dead events among ``events`` (default: every event) back to pending; how many moved.
+
+    Attempts are reset and ``run_after`` is now, so the consumer takes them at once; it is woken
+    (PostgreSQL NOTIFY) when the update commits. Events that are not dead are left alone, so a
+    selection mixing pending and dead events is safe to pass.
+    """
+    alias = router.db_for_write(Event)
+    dead = (Event.objects.all() if events is None else events).using(alias).filter(state=Event.DEAD)
+    with transaction.atomic(using=alias):
+        count = dead.update(state=Event.PENDING, attempts=0, run_after=Now(), updated_at=Now())
+        if count:
+            _wake_consumer(alias)
+    return count
+
+
+def _wake_consumer(alias: str) -> None:
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        return  # other databases: the consumer polls
+    # Sent inside the update's transaction: PostgreSQL delivers it only once the rows are visible.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
