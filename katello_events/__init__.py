@@ -3,6 +3,7 @@
 Public API (importable before the app registry is ready; the work happens on call):
 
 - :func:`push_event`, :func:`event_handler`, :class:`RetryLater`: the durable event queue.
+- :func:`message_handler`, :class:`CandlepinMessage`: handlers of Candlepin's event messages.
 - :func:`start`: start this process's runner standby thread explicitly.
 - :func:`stop`: stop it gracefully (handlers finish, status rows say so, the lock is released).
 """
@@ -12,13 +13,25 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from katello_events.candlepin.message import CandlepinMessage, MalformedMessage
 from katello_events.event_queue.types import QueuedEvent, RetryLater, UnknownEventType
-from katello_events.registry import event_handler
+from katello_events.registry import event_handler, message_handler
 
 if TYPE_CHECKING:
     from katello_events.runner import Runner
 
-__all__ = ["QueuedEvent", "RetryLater", "UnknownEventType", "event_handler", "push_event", "start", "stop"]
+__all__ = [
+    "CandlepinMessage",
+    "MalformedMessage",
+    "QueuedEvent",
+    "RetryLater",
+    "UnknownEventType",
+    "event_handler",
+    "message_handler",
+    "push_event",
+    "start",
+    "stop",
+]
 
 
 def push_event(

@@ -25,6 +25,11 @@ _INTERVALS = (
 _DETAIL_AUDIENCES = ("staff", "authenticated", "everyone", "nobody")
 _SHAPE_HINT = "See docs/configuration.md for the shape of KATELLO_EVENTS and its HANDLERS."
 _HANDLER_HINT = "BACKEND must be the dotted path of a katello_events.handlers.Handler subclass."
+_BROKER_HINT = (
+    "Set OPTIONS['BROKER_URL'] to stomp://user:password@host:61613 or stomp+ssl://host:61613 "
+    "(several, comma-separated, for failover); see docs/candlepin.md."
+)
+_CANDLEPIN_HINT = "See docs/candlepin.md for every option of the Candlepin listener and its default."
 
 
 @register()
@@ -118,6 +123,36 @@ def _check_handlers(handlers: Any) -> list[CheckMessage]:
                     f"Handler {name!r}: {spec['BACKEND']!r} is not a katello_events.handlers.Handler subclass.",
                     hint=_HANDLER_HINT,
                     id="katello_events.E002",
+                )
+            )
+            continue
+        messages += _check_candlepin_options(name, backend, spec.get("OPTIONS") or {})
+    return messages
+
+
+def _check_candlepin_options(name: str, backend: type, options: dict[str, Any]) -> list[CheckMessage]:
+    """E006 (no usable BROKER_URL) and E007 (any other option) for Candlepin listener slots."""
+    from katello_events.candlepin.settings import option_errors, parse_options
+    from katello_events.handlers.candlepin import CandlepinHandler
+
+    if not issubclass(backend, CandlepinHandler):
+        return []
+    messages: list[CheckMessage] = []
+    for error in option_errors(options):  # the texts never contain a password
+        if error.key == "BROKER_URL":
+            messages.append(Error(f"Handler {name!r}: {error}", hint=_BROKER_HINT, id="katello_events.E006"))
+        else:
+            messages.append(Error(f"Handler {name!r}: {error}", hint=_CANDLEPIN_HINT, id="katello_events.E007"))
+    if messages:
+        return messages
+    settings = parse_options(options)
+    for key, path in (("SSL_CERT", settings.ssl_cert), ("SSL_KEY", settings.ssl_key), ("SSL_CA", settings.ssl_ca)):
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            messages.append(
+                Error(
+                    f"Handler {name!r}: OPTIONS[{key!r}] {path!r} is not a readable file.",
+                    hint="Give the path of a PEM file the server user can read.",
+                    id="katello_events.E007",
                 )
             )
     return messages

@@ -66,3 +66,25 @@ def event_handler(event_type: str) -> Callable[[HandlerFunction], HandlerFunctio
         return event_handlers.register(event_type, function)
 
     return decorator
+
+
+#: Message subject ("pool.created") -> fn(message), for the candlepin_events listener.
+message_handlers = HandlerRegistry("message subject")
+
+
+def message_handler(subject: str) -> Callable[[HandlerFunction], HandlerFunction]:
+    """Register ``fn(message)`` as the handler of Candlepin messages of ``subject`` (see
+    ``docs/candlepin.md``). Subjects are lower-case ``target.type``; the key is lower-cased here.
+
+    ::
+
+        @katello_events.message_handler("pool.created")
+        def import_pool(message):
+            Pool.import_from_candlepin(message.body["entityId"])
+    """
+    key = subject.strip().lower() if isinstance(subject, str) else subject
+
+    def decorator(function: HandlerFunction) -> HandlerFunction:
+        return message_handlers.register(key, function)
+
+    return decorator

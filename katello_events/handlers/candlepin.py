@@ -1,14 +1,236 @@
-"""The ``candlepin_events`` slot: the STOMP listener on Candlepin's broker.
-
-Foundation stage: the slot is wired, supervised and reported; the listener itself (connect,
-subscribe, dispatch, ack, reconnect) arrives with the Candlepin work. Until then it idles and
-reports the queue depth as unknown.
-"""
+"""The ``candlepin_events`` slot: the STOMP listener on Candlepin's broker (see ``docs/candlepin.md``)."""
 
 from __future__ import annotations
 
-from katello_events.handlers.base import Handler
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from katello_events.candlepin.connection import BrokerConnection, BrokerUnreachable, open_connection
+from katello_events.candlepin.depth import DepthProbe
+from katello_events.candlepin.dispatch import (
+    DEAD,
+    DEFERRED,
+    DROPPED,
+    IGNORED,
+    PROCESSED,
+    RETRY_LATER,
+    Dispatcher,
+    StoreUnavailable,
+)
+from katello_events.candlepin.settings import DEFAULT_OPTIONS, parse_options
+from katello_events.handlers.base import Handler, HandlerStats, describe_error
+from katello_events.redaction import get_logger
+
+logger = get_logger(__name__)
+
+#: How long a wait for the next frame lasts before the loop looks at stop() again (seconds).
+_STOP_CHECK = 0.25
+#: Seconds between refreshes of the gauges (cheap, but not worth doing per message).
+_GAUGE_INTERVAL = 0.2
+#: A connection lost sooner than this after it was made (seconds) backs off before the next one,
+#: so a broker that accepts and then drops us is not hammered.
+_SHORT_LIVED = 10.0
+
+#: The counters each outcome of the dispatcher adds to.
+_COUNTERS = {
+    PROCESSED: ("processed",),
+    IGNORED: ("ignored",),
+    DEFERRED: ("failed", "deferred"),
+    RETRY_LATER: ("retried_later",),
+    DEAD: ("failed", "dead"),
+    DROPPED: ("failed", "dropped"),
+}
 
 
 class CandlepinHandler(Handler):
-    """Listens to Candlepin's event messages (placeholder loop, see module docstring)."""
+    """Consumes Candlepin's event messages and runs the ``@message_handler`` of each subject.
+
+    Loop: connect and subscribe (``ack: client-individual``, bounded prefetch); take one frame
+    at a time from the listener's queue; dispatch it; ack it only once it is safe: handled,
+    ignored, or stored in the database (failed handlers go to the event queue, malformed
+    messages are kept as dead events). Frames of a lost connection are dropped unacked: the
+    broker delivers them again. So every message is handled at least once.
+
+    Losing the broker is not a crash: the handler reports ``broker unreachable: ...`` and
+    reconnects with capped backoff from its own thread. A database outage while a message
+    must be stored drops the connection too (the broker takes its unacked messages back) and
+    waits for the database before reconnecting.
+    """
+
+    def __init__(self, name: str, options: dict[str, Any], stats: HandlerStats) -> None:
+        self.settings = parse_options(options)  # an OptionsError here is a crash with a clear text
+        super().__init__(name, {**DEFAULT_OPTIONS, **options}, stats)
+        self.dispatcher = Dispatcher(self.settings.max_body_bytes)
+        self.connection: BrokerConnection | None = None
+        url = self.settings.depth_probe_url
+        self._probe = DepthProbe(url) if url else None
+        self._delay = 0.0  # the current reconnection backoff (seconds)
+        self._database_down = False
+        self._handling = False
+        self._connections = 0
+        self._last_message_at: float | None = None
+        self._last_complaint: str | None = None
+        self._problem_kind: str | None = None  # "broker" or "database" while a problem is reported
+        self._next_gauges = 0.0
+        self._next_probe = 0.0
+
+    def run(self) -> None:
+        self._publish_gauges()  # the slot's gauges may still describe a previous instance's connection
+        try:
+            while not self.stopping:
+                self.tick()
+                connection = self.connection
+                if connection is None:
+                    self._connect()
+                elif connection.lost:
+                    self._on_lost(connection)
+                else:
+                    frame = connection.next_frame(_STOP_CHECK)
+                    if frame is not None:
+                        self._handle(frame)
+                    elif self._problem_kind:
+                        self._recovered()  # connected, the database answered, nothing is held up
+                    self._housekeeping()
+        finally:
+            self._disconnect()
+
+    # -- one message -----------------------------------------------------------------------
+
+    def _handle(self, frame: Any) -> None:
+        self._handling = True
+        self._last_message_at = time.time()
+        try:
+            outcome = self.dispatcher.dispatch(frame.headers, frame.body)
+        except StoreUnavailable as exc:
+            self._on_database_outage(str(exc))
+            return
+        finally:
+            self._handling = False
+        assert self.connection is not None
+        self.connection.ack(frame)
+        for counter in _COUNTERS[outcome]:
+            self.stats.increment(counter)
+        if self._problem_kind:
+            self._recovered()
+
+    # -- connecting --------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self._database_down and not self._database_answers():
+            self._back_off()
+            return
+        try:
+            connection = open_connection(self.settings, lambda: self.stopping)
+        except BrokerUnreachable as exc:
+            if not self.stopping:
+                self._complain("broker", f"broker unreachable: {exc}")
+                self._back_off()
+            return
+        self.connection = connection
+        self._connections += 1
+        if self._connections > 1:
+            self.stats.increment("reconnects")
+        if self._problem_kind == "broker":
+            self._recovered()
+        logger.info(
+            "listening to %s on %s", self.settings.destination, connection.address,
+            extra={"broker": str(connection.address), "destination": self.settings.destination},
+        )  # fmt: skip
+        self._publish_gauges()
+
+    def _on_lost(self, connection: BrokerConnection) -> None:
+        error = connection.listener.error
+        logger.warning("connection to %s lost%s; reconnecting", connection.address, f" ({error})" if error else "")
+        short_lived = time.time() - (connection.connected_at or 0) < _SHORT_LIVED
+        self._disconnect()
+        if short_lived:
+            self._back_off()
+        else:
+            self._delay = 0.0
+
+    def _disconnect(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+        self._publish_gauges()
+
+    def _back_off(self) -> None:
+        settings = self.settings
+        self._delay = min(max(self._delay * 2, settings.reconnect_backoff), settings.reconnect_backoff_max)
+        self.sleep(self._delay)
+
+    def _complain(self, kind: str, problem: str) -> None:
+        """Report a problem ("broker" or "database" kind); log it when it changes, not per attempt."""
+        self.report_problem(problem)
+        self._problem_kind = kind
+        if problem != self._last_complaint:
+            logger.warning("candlepin listener: %s (retrying with backoff)", problem)
+            self._last_complaint = problem
+
+    def _recovered(self) -> None:
+        # A broker problem ends with a subscription; a database one only once a message went
+        # through (or none is waiting): the database may answer and still refuse to store.
+        logger.info("candlepin listener: recovered from: %s", self._last_complaint)
+        if self._problem_kind == "database":
+            self._delay = 0.0  # (a broker's backoff is reset by a connection that lasts)
+        self.clear_problem()
+        self._problem_kind = None
+        self._last_complaint = None
+
+    # -- the database ----------------------------------------------------------------------
+
+    def _on_database_outage(self, problem: str) -> None:
+        """Hold no message while the database is away: the broker takes them all back."""
+        self._complain("database", f"{problem}; messages are left to the broker")
+        connections[DEFAULT_DB_ALIAS].close()
+        self._disconnect()
+        self._database_down = True
+        self._back_off()
+
+    def _database_answers(self) -> bool:
+        connection = connections[DEFAULT_DB_ALIAS]
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:
+            connection.close()
+            self._complain("database", f"database unreachable: {describe_error(exc)}; messages are left to the broker")
+            return False
+        self._database_down = False
+        return True
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_gauges:
+            self._publish_gauges()
+            self._next_gauges = now + _GAUGE_INTERVAL
+        if self._probe is not None and now >= self._next_probe:
+            self.stats.set_gauge("queue_depth", self._probe.read())
+            self._next_probe = time.monotonic() + self.settings.depth_probe_interval
+
+    def _publish_gauges(self) -> None:
+        connection = self.connection
+        live = connection is not None and not connection.lost
+        self.stats.set_gauge("connected_since", _iso(connection.connected_at) if live else None)
+        self.stats.set_gauge("in_flight", connection.in_flight() + self._handling if live else 0)
+        if self._last_message_at is not None:
+            self.stats.set_gauge("last_message_at", _iso(self._last_message_at))
+
+    def details(self) -> dict[str, Any]:
+        connection = self.connection
+        return {
+            "broker": str(connection.address) if connection is not None else None,
+            "brokers": [str(address) for address in self.settings.brokers],
+            "destination": self.settings.destination,
+            "subscription": self.settings.subscription_id,
+            "prefetch": self.settings.prefetch,
+        }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat() if timestamp is not None else None

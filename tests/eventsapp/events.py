@@ -6,7 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from katello_events import RetryLater, event_handler
+from django.db import connection
+
+from katello_events import RetryLater, event_handler, message_handler
 from tests.eventsapp.models import Handling, Switch
 
 
@@ -52,3 +54,68 @@ def handle_retry_later_until_switched(event) -> None:
     if not Switch.objects.filter(name=event.object_id).exists():
         raise RetryLater(float(event.metadata["seconds"]), "busy")
     record(event)
+
+
+# -- Candlepin message handlers --------------------------------------------------------------
+
+#: Every subject Candlepin sends Katello (see ../shared/REFERENCE.md).
+CANDLEPIN_SUBJECTS = (
+    "pool.created",
+    "pool.deleted",
+    "entitlement.created",
+    "entitlement.deleted",
+    "compliance.created",
+    "system_purpose_compliance.created",
+    "owner_content_access_mode.modified",
+)
+
+
+def record_message(message) -> Handling:
+    """One Handling row per run: uid = the body's id, object_id = the pool or consumer it is about."""
+    body = message.body
+    return Handling.objects.create(
+        uid=str(body.get("id", "")),
+        event_type=message.subject,
+        object_id=str(body.get("referenceId") or body.get("entityId") or body.get("consumerUuid") or ""),
+        metadata={"event_data": message.event_data, "redelivered": message.redelivered},
+        attempts=0,
+        coalesced=1,
+        pid=os.getpid(),
+    )
+
+
+for _subject in CANDLEPIN_SUBJECTS:
+    message_handler(_subject)(record_message)
+
+
+@message_handler("testing.record")
+def handle_testing_record(message) -> None:
+    """Records the run; the body's "sleep" (seconds) makes it slow, after recording."""
+    record_message(message)
+    if message.body.get("sleep"):
+        time.sleep(message.body["sleep"])
+
+
+@message_handler("testing.fail")
+def handle_testing_fail(message) -> None:
+    raise RuntimeError(f"cannot handle message {message.body.get('id')} (password=hunter2)")
+
+
+@message_handler("testing.fail_until_switched")
+def handle_testing_fail_until_switched(message) -> None:
+    """Fails until a Switch named after the body's id exists; then records the run."""
+    if not Switch.objects.filter(name=message.body["id"]).exists():
+        raise RuntimeError(f"switch {message.body['id']} is off")
+    record_message(message)
+
+
+@message_handler("testing.retry_later")
+def handle_testing_retry_later(message) -> None:
+    raise RetryLater(float(message.body.get("seconds", 60)), "busy")
+
+
+@message_handler("testing.lose_connection")
+def handle_testing_lose_connection(message) -> None:
+    """Ends its own database session, as a database restart would, and fails with it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
