@@ -32,7 +32,7 @@ def test_fails_naming_the_failing_services_without_their_details():
     make_row(CP, problem=BROKER_PROBLEM)
     error = result_of_check().error
     assert isinstance(error, ServiceUnavailable)
-    assert error.message == f"{CP}: Failing"
+    assert error.message == f"{CP}: broker unreachable"
     assert "broker.example" not in str(error), "health-check pages are often public"
 
 

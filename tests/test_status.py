@@ -153,7 +153,7 @@ def test_public_document_hides_hosts_pids_and_errors():
     text = json.dumps(public)
     for hidden in ("host-a", "4242", "secret", "boom", "runner"):
         assert hidden not in text
-    assert public["services"]["katello_events"]["message"] == "Failing"
+    assert public["services"]["katello_events"]["message"] == "broker unreachable"
     assert public["services"]["candlepin_events"]["processed_count"] == 12
 
 

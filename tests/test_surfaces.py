@@ -112,7 +112,7 @@ SCENARIOS = {
         overall="FAIL",
         statuses={KE: "ok", CP: "FAIL"},
         messages={KE: COUNTS, CP: BROKER_PROBLEM},
-        public={KE: COUNTS, CP: "Failing"},
+        public={KE: COUNTS, CP: "broker unreachable"},
         # The runner is alive (running 1); its broker is not (up 0).
         metrics={"katello_events_up": {KE: 1, CP: 0}, "katello_events_running": {KE: 1, CP: 1}},
     ),
@@ -121,9 +121,7 @@ SCENARIOS = {
         overall="FAIL",
         statuses={KE: "FAIL", CP: "FAIL"},
         messages={KE: "database unreachable: ", CP: "database unreachable: "},
-        # public_document() turns every problem into "Not running"/"Failing"; which word fits an
-        # unreadable status is report.py's call, so only the status is pinned here.
-        public={KE: None, CP: None},
+        public={KE: "database unreachable", CP: "database unreachable"},
         metrics={
             "katello_events_up": {KE: 0, CP: 0},
             "katello_events_running": {},

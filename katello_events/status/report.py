@@ -120,7 +120,9 @@ def public_document(document: dict[str, Any]) -> dict[str, Any]:
     for name, entry in document["services"].items():
         public = {k: v for k, v in entry.items() if k not in DETAIL_KEYS}
         if entry.get("problem") and public["status"] == FAIL:
-            public["message"] = "Not running" if not entry.get("running") else "Failing"
+            # Problems read "<category>: <detail>": the category (ours, e.g. "database
+            # unreachable", "Not running") is safe to show; the detail may name hosts.
+            public["message"] = public["message"].split(":", 1)[0]
         services[name] = public
     return {**document, "services": services}
 
