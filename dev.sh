@@ -118,6 +118,7 @@ run_example() {
   local bind=${GUNICORN_BIND:-127.0.0.1:8000}
   cd "$ROOT/example_project"
   "$VENV/bin/python" manage.py migrate --noinput -v0
+  "$VENV/bin/python" manage.py seed_example
   say "About page:  http://$bind/about/"
   say "Ping API:    http://$bind/api/ping"
   say "CLI status:  (cd example_project && ../.venv/bin/python manage.py ping)"

@@ -17,6 +17,14 @@ from example_project.settings import *  # noqa: E402,F403
 from example_project.settings import KATELLO_EVENTS  # noqa: E402
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.eventsapp"]  # noqa: F405
+# tests.eventsapp registers message handlers of its own for Candlepin's subjects; the example
+# domain's are swapped in by the tests that drive it (tests/test_example_domain.py).
+KATELLO_EXAMPLE_MESSAGE_HANDLERS = False
+
+# A test database per test run, so runs side by side on one server do not collide.
+DATABASES["default"]["TEST"] = {  # noqa: F405
+    "NAME": os.environ.get("KATELLO_EVENTS_TEST_DB") or f"test_katello_events_{os.getpid()}",
+}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation
 

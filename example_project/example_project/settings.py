@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "katello_events",
+    "katello",
 ]
 
 MIDDLEWARE = [
