@@ -11,7 +11,8 @@ import pytest
 from health_check.exceptions import HealthCheckException, ServiceUnavailable
 
 from katello_events.contrib import health_check as contrib
-from tests.test_surfaces import BROKER_PROBLEM, CP, KE, make_row
+from tests.factories import make_row
+from tests.test_surfaces import BROKER_PROBLEM, CP, KE
 
 # django-health-check 4 runs checks in executor threads, whose connections see committed rows only.
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,8 @@ import pytest
 from django.test import override_settings
 
 from katello_events import metrics
-from tests.test_surfaces import CP, KE, make_row, scrape
+from tests.factories import make_row
+from tests.test_surfaces import CP, KE, scrape
 
 pytestmark = pytest.mark.django_db
 

@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.db import OperationalError
 from django.test import override_settings
-from django.utils import timezone
 
 from katello_events.models import HandlerStatus
 from katello_events.status import report
+from tests.factories import make_row
 
 pytestmark = pytest.mark.django_db
 
 NAMES = ["katello_events", "candlepin_events"]
-
-
-def make_row(name: str, *, age: float = 0.5, **fields) -> HandlerStatus:
-    defaults = dict(
-        running=True,
-        hostname="host-a",
-        pid=4242,
-        since=timezone.now() - timedelta(hours=1),
-        heartbeat_at=timezone.now() - timedelta(seconds=age),
-        processed_count=12,
-        failed_count=1,
-    )
-    return HandlerStatus.objects.create(name=name, **{**defaults, **fields})
 
 
 def services():

@@ -12,7 +12,6 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from html.parser import HTMLParser
 from io import StringIO
 
@@ -21,27 +20,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
 from django.test import override_settings
-from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from katello_events.models import HandlerStatus
+from tests.factories import make_row
 from tests.support import free_port
 
 KE, CP = "katello_events", "candlepin_events"
 BROKER_PROBLEM = "broker unreachable: [Errno 111] Connection refused (broker.example:61613)"
-
-
-def make_row(name: str, *, age: float = 0.5, **fields) -> HandlerStatus:
-    defaults = dict(
-        running=True,
-        hostname="host-a",
-        pid=4242,
-        since=timezone.now() - timedelta(hours=1),
-        heartbeat_at=timezone.now() - timedelta(seconds=age),
-        processed_count=12,
-        failed_count=1,
-    )
-    return HandlerStatus.objects.create(name=name, **{**defaults, **fields})
 
 
 @contextlib.contextmanager

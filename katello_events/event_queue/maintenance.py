@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from django.db import connections, router, transaction
+from django.db import router, transaction
 from django.db.models import QuerySet
 from django.db.models.functions import Now
 
-from katello_events.event_queue.push import NOTIFY_CHANNEL
+from katello_events.event_queue.push import notify_consumer
 from katello_events.models import Event
 
 
@@ -22,14 +22,5 @@ def requeue_dead(events: QuerySet[Event] | None = None) -> int:
     with transaction.atomic(using=alias):
         count = dead.update(state=Event.PENDING, attempts=0, run_after=Now(), updated_at=Now())
         if count:
-            _wake_consumer(alias)
+            notify_consumer(alias)  # delivered once the rows are visible
     return count
-
-
-def _wake_consumer(alias: str) -> None:
-    connection = connections[alias]
-    if connection.vendor != "postgresql":
-        return  # other databases: the consumer polls
-    # Sent inside the update's transaction: PostgreSQL delivers it only once the rows are visible.
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])

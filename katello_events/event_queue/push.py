@@ -40,7 +40,7 @@ def push_event(
     _check_metadata(metadata)
     run_after = Now() if delay is None else Now() + Value(_delay(delay))
     event = Event.objects.create(event_type=event_type, object_id=object_key, metadata=metadata, run_after=run_after)
-    _notify(router.db_for_write(Event))
+    notify_consumer(router.db_for_write(Event))
     return event.id
 
 
@@ -69,7 +69,8 @@ def _delay(delay: float | timedelta) -> timedelta:
     return delay
 
 
-def _notify(alias: str) -> None:
+def notify_consumer(alias: str) -> None:
+    """Wake the consumer (PostgreSQL NOTIFY) once the current transaction commits."""
     connection = connections[alias]
     if connection.vendor != "postgresql":
         return  # other databases: the consumer polls
