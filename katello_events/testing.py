@@ -13,7 +13,8 @@ from typing import Any
 from django.db.models.functions import Now
 
 from katello_events.candlepin.message import CandlepinMessage, parse_message
-from katello_events.event_queue.consumer import BatchConsumer, RetryPolicy
+from katello_events.event_queue.batch import RetryPolicy
+from katello_events.event_queue.consumer import BatchConsumer
 from katello_events.handlers.base import HandlerStats
 from katello_events.models import Event
 

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 import katello_events
-from katello_events.event_queue.consumer import RetryPolicy, group_rows
+from katello_events.event_queue.batch import RetryPolicy, group_rows
 from katello_events.models import Event, HandlerStatus
 from tests.conftest import make_runner, start
 from tests.eventsapp.models import Handling, Switch

@@ -20,7 +20,6 @@ import json
 import operator
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +27,7 @@ from django.db import connections, router, transaction
 from django.db.models import Q, Value
 from django.db.models.functions import Now
 
+from katello_events.event_queue.batch import Group, RetryPolicy, group_rows
 from katello_events.event_queue.types import QueuedEvent, RetryLater
 from katello_events.handlers.base import HandlerStats, describe_error
 from katello_events.models import Event
@@ -63,44 +63,6 @@ DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
     FOR UPDATE OF e SKIP LOCKED))
 RETURNING id, event_type, object_id, metadata, attempts, created_at
 """
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How failed events are retried: ``max_attempts`` attempts, exponential backoff."""
-
-    max_attempts: int = 5
-    backoff: float = 10.0  # seconds before the second attempt; doubles each time
-    backoff_max: float = 3600.0  # seconds
-
-    def delay_after(self, attempts: int) -> float:
-        """Seconds to wait after the ``attempts``-th failure."""
-        return min(self.backoff * 2 ** max(attempts - 1, 0), self.backoff_max)
-
-
-@dataclass
-class Group:
-    """The claimed pending events of one (event_type, object_id): handled once, newest metadata."""
-
-    event_type: str
-    object_id: str
-    rows: list[tuple] = field(default_factory=list)
-
-    @property
-    def ids(self) -> list[int]:
-        return [row[0] for row in self.rows]
-
-    @property
-    def newest(self) -> tuple:
-        return max(self.rows, key=operator.itemgetter(0))
-
-    def event(self) -> QueuedEvent:
-        newest = self.newest
-        attempts = max(row[4] for row in self.rows)
-        return QueuedEvent(
-            id=newest[0], event_type=self.event_type, object_id=self.object_id, metadata=newest[3],
-            attempts=attempts, created_at=min(row[5] for row in self.rows), coalesced=len(self.rows),
-        )  # fmt: skip
 
 
 class _BatchFailed(Exception):
@@ -288,17 +250,6 @@ class BatchConsumer:
             self.stats.increment("failed")
             if outcome in ("dead", "unknown"):
                 self.stats.increment("dead")
-
-
-def group_rows(rows: Iterable[tuple]) -> list[Group]:
-    """Rows grouped by (event_type, object_id), in the order of each group's oldest row."""
-    groups: dict[tuple[str, str], Group] = {}
-    for row in sorted(rows, key=operator.itemgetter(0)):
-        key = (row[1], row[2])
-        if key not in groups:
-            groups[key] = Group(event_type=row[1], object_id=row[2])
-        groups[key].rows.append(row)
-    return list(groups.values())
 
 
 def _decode_json(value: str | None) -> Any:

@@ -7,7 +7,8 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
-from katello_events.event_queue.consumer import BatchConsumer, RetryPolicy
+from katello_events.event_queue.batch import RetryPolicy
+from katello_events.event_queue.consumer import BatchConsumer
 from katello_events.event_queue.depth import queue_gauges
 from katello_events.event_queue.listener import NotifyListener
 from katello_events.event_queue.push import NOTIFY_CHANNEL

@@ -1,0 +1,58 @@
+"""What a claimed batch is made of: rows grouped by (event_type, object_id), and the retry policy."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from katello_events.event_queue.types import QueuedEvent
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed events are retried: ``max_attempts`` attempts, exponential backoff."""
+
+    max_attempts: int = 5
+    backoff: float = 10.0  # seconds before the second attempt; doubles each time
+    backoff_max: float = 3600.0  # seconds
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failure."""
+        return min(self.backoff * 2 ** max(attempts - 1, 0), self.backoff_max)
+
+
+@dataclass
+class Group:
+    """The claimed pending events of one (event_type, object_id): handled once, newest metadata."""
+
+    event_type: str
+    object_id: str
+    rows: list[tuple] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        return [row[0] for row in self.rows]
+
+    @property
+    def newest(self) -> tuple:
+        return max(self.rows, key=operator.itemgetter(0))
+
+    def event(self) -> QueuedEvent:
+        newest = self.newest
+        attempts = max(row[4] for row in self.rows)
+        return QueuedEvent(
+            id=newest[0], event_type=self.event_type, object_id=self.object_id, metadata=newest[3],
+            attempts=attempts, created_at=min(row[5] for row in self.rows), coalesced=len(self.rows),
+        )  # fmt: skip
+
+
+def group_rows(rows: Iterable[tuple]) -> list[Group]:
+    """Rows grouped by (event_type, object_id), in the order of each group's oldest row."""
+    groups: dict[tuple[str, str], Group] = {}
+    for row in sorted(rows, key=operator.itemgetter(0)):
+        key = (row[1], row[2])
+        if key not in groups:
+            groups[key] = Group(event_type=row[1], object_id=row[2])
+        groups[key].rows.append(row)
+    return list(groups.values())
