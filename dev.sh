@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's two entry points on a fresh machine:
 #   ./dev.sh example   set up and run the example project under gunicorn (4 workers)
-#   ./dev.sh test      set up and run the whole test suite (what .ci/run calls)
+#   ./dev.sh test      set up and run the whole test suite (what .ci/run calls), then the
+#                      suite without its process tests on Django 6 when Python >= 3.12 exists
 # Each installs what it needs: a virtualenv in .venv, the packages, PostgreSQL reachability,
 # RabbitMQ with its STOMP plugin. Safe to run again: every step is idempotent.
 set -euo pipefail
@@ -144,7 +145,42 @@ run_tests() {
   if [ $status -eq 5 ]; then
     echo "pytest collected no tests" >&2
   fi
+  if [ $status -eq 0 ] && [ $# -eq 0 ] && [ -z "${KATELLO_EVENTS_SKIP_DJANGO6:-}" ]; then
+    run_django6_tests || status=$?
+  fi
   return $status
+}
+
+find_python_for_django6() {  # Django 6 needs Python >= 3.12
+  local candidate
+  for candidate in python3.14 python3.13 python3.12 \
+    $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -V -r); do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      echo "$candidate"
+      return
+    fi
+  done
+}
+
+run_django6_tests() {  # the suite without its process tests, on the newest Django line
+  local python venv="$ROOT/.venv-django6"
+  python=$(find_python_for_django6)
+  if [ -z "$python" ]; then
+    say "no Python >= 3.12 here: skipping the Django 6 pass"
+    return 0
+  fi
+  if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+  fi
+  if [ ! -f "$venv/.installed" ] || [ setup.cfg -nt "$venv/.installed" ]; then
+    say "installing the Django 6 test environment"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install --quiet -e ".[test]" "django>=6,<7"
+    touch "$venv/.installed"
+  fi
+  say "pytest on $("$venv/bin/python" -c 'import django, sys; print(f"Django {django.__version__}, Python {sys.version.split()[0]}")')"
+  "$venv/bin/python" -m pytest -q -m "not process" -p no:cacheprovider --junitxml="$ROOT/artifacts/junit-django6.xml"
 }
 
 case "${1:-}" in
