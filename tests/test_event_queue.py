@@ -58,6 +58,18 @@ def status_row() -> HandlerStatus:
         (("test.record", 1, {"x": float("nan")}), {}, TypeError, "JSON-serialisable"),
         (("test.record", 1), {"delay": -1}, ValueError, "must not be negative"),
         (("test.record", 1), {"delay": "soon"}, TypeError, "seconds or a timedelta"),
+        # Found by the chaos suite's fuzzing: these reached the database (DataError, breaking the
+        # caller's transaction) or overflowed in timedelta with an unclear OverflowError.
+        (("test.record", "a\x00b"), {}, ValueError, "object_id must not contain NUL"),
+        (("test.record", "\ud800"), {}, ValueError, "object_id must be valid Unicode text"),
+        (("test.record", 1, {"k": "a\x00b"}), {}, ValueError, "metadata must not contain NUL"),
+        (("test.record", 1, {"\x00": 1}), {}, ValueError, "metadata must not contain NUL"),
+        (("test.record", 1, ["\udc80"]), {}, ValueError, "metadata must be valid Unicode text"),
+        (("test.record", 1), {"delay": float("inf")}, ValueError, "finite number of seconds"),
+        (("test.record", 1), {"delay": float("nan")}, ValueError, "finite number of seconds"),
+        (("test.record", 1), {"delay": 10**20}, ValueError, "at most 36500 days"),
+        (("test.record", 1), {"delay": -1e15}, ValueError, "must not be negative"),
+        (("test.record", 1), {"delay": timedelta.max}, ValueError, "at most 36500 days"),
     ],
 )
 def test_bad_push_arguments_raise_clear_errors_and_write_nothing(args, kwargs, error, match):

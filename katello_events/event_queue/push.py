@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +20,9 @@ from katello_events.registry import event_handlers
 NOTIFY_CHANNEL = "katello_events"
 
 MAX_OBJECT_ID_LENGTH = 255
+#: Longest accepted delay. Longer is surely a mistake (a timestamp passed as seconds); far longer
+#: would not fit Python's timedelta or PostgreSQL's timestamps and fail as a database error.
+MAX_DELAY = timedelta(days=36500)
 
 
 def push_event(
@@ -50,7 +55,20 @@ def _object_key(object_id: int | str) -> str:
     key = str(object_id)
     if not key or len(key) > MAX_OBJECT_ID_LENGTH:
         raise ValueError(f"object_id must be 1 to {MAX_OBJECT_ID_LENGTH} characters long")
+    _check_storable_text(key, "object_id")
     return key
+
+
+def _check_storable_text(text: str, what: str) -> None:
+    # PostgreSQL text and jsonb refuse NUL characters, and UTF-8 cannot carry lone surrogates:
+    # refused here with a clear error, not by the database with one that breaks the caller's
+    # transaction.
+    if "\x00" in text:
+        raise ValueError(f"{what} must not contain NUL (\\x00) characters: PostgreSQL cannot store them")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} must be valid Unicode text (it contains a lone surrogate: {exc.reason})") from None
 
 
 def _check_metadata(metadata: Any) -> None:
@@ -58,14 +76,39 @@ def _check_metadata(metadata: Any) -> None:
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
+    for text in _strings(metadata):
+        _check_storable_text(text, "metadata")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a JSON document, keys included (already known to be serialisable)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
 
 
 def _delay(delay: float | timedelta) -> timedelta:
     if isinstance(delay, bool) or not isinstance(delay, (int, float, timedelta)):
         raise TypeError(f"delay must be seconds or a timedelta, not {type(delay).__name__}")
-    delay = delay if isinstance(delay, timedelta) else timedelta(seconds=delay)
+    if not isinstance(delay, timedelta):
+        if not math.isfinite(delay):
+            raise ValueError(f"delay must be a finite number of seconds, not {delay}")
+        # Checked before timedelta(), which overflows on huge numbers of either sign.
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        if delay > MAX_DELAY.total_seconds():
+            raise ValueError(f"delay must be at most {MAX_DELAY.days} days")
+        delay = timedelta(seconds=delay)
     if delay < timedelta(0):
         raise ValueError("delay must not be negative")
+    if delay > MAX_DELAY:
+        raise ValueError(f"delay must be at most {MAX_DELAY.days} days")
     return delay
 
 
