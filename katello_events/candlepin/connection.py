@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -238,6 +239,21 @@ def open_connection(settings: ListenerSettings, should_stop: Callable[[], bool])
             continue
         return connection
     raise BrokerUnreachable("; ".join(problems) or "stopping")
+
+
+def any_port_open(settings: ListenerSettings, timeout: float = 0.5) -> bool:
+    """Whether some broker of BROKER_URL accepts a TCP connection (closed at once, nothing sent).
+
+    A cheap probe for the reconnection backoff: a broker that is down has its port closed, and the
+    moment it opens again is the moment to reconnect, whatever the backoff has grown to.
+    """
+    for address in settings.brokers:
+        try:
+            with socket.create_connection((address.host, address.port), timeout=timeout):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _ack_frame(ack_id: str) -> bytes:

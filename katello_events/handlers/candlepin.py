@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from katello_events.candlepin.connection import BrokerConnection, BrokerUnreachable, open_connection
+from katello_events.candlepin.connection import BrokerConnection, BrokerUnreachable, any_port_open, open_connection
 from katello_events.candlepin.depth import DepthProbe
 from katello_events.candlepin.dispatch import (
     DEAD,
@@ -33,6 +33,8 @@ _GAUGE_INTERVAL = 0.2
 #: A connection lost sooner than this after it was made (seconds) backs off before the next one,
 #: so a broker that accepts and then drops us is not hammered.
 _SHORT_LIVED = 10.0
+#: While backing off from a broker whose port was closed, how often its port is tried (seconds).
+_PORT_PROBE_INTERVAL = 0.5
 
 #: The counters each outcome of the dispatcher adds to.
 _COUNTERS = {
@@ -120,7 +122,7 @@ class CandlepinHandler(Handler):
 
     def _connect(self) -> None:
         if self._database_down and not self._database_answers():
-            self._back_off()
+            self._back_off(broker=False)
             return
         try:
             connection = open_connection(self.settings, lambda: self.stopping)
@@ -157,10 +159,20 @@ class CandlepinHandler(Handler):
             connection.close()
         self._publish_gauges()
 
-    def _back_off(self) -> None:
+    def _back_off(self, broker: bool = True) -> None:
         settings = self.settings
         self._delay = min(max(self._delay * 2, settings.reconnect_backoff), settings.reconnect_backoff_max)
-        self.sleep(self._delay)
+        if not broker or any_port_open(settings):
+            self.sleep(self._delay)  # the broker is there and refuses us (or the database is away)
+            return
+        # The broker is down (port closed): the backoff grows over a long outage, but the moment
+        # it is back is the moment to reconnect. Without this, three restarts in a row left the
+        # listener asleep for up to RECONNECT_BACKOFF_MAX after the broker had returned.
+        deadline = time.monotonic() + self._delay
+        while not self.sleep(min(_PORT_PROBE_INTERVAL, max(0.0, deadline - time.monotonic()))):
+            self.tick()
+            if time.monotonic() >= deadline or any_port_open(settings):
+                return
 
     def _complain(self, kind: str, problem: str) -> None:
         """Report a problem ("broker" or "database" kind); log it when it changes, not per attempt."""
@@ -188,7 +200,7 @@ class CandlepinHandler(Handler):
         connections[DEFAULT_DB_ALIAS].close()
         self._disconnect()
         self._database_down = True
-        self._back_off()
+        self._back_off(broker=False)
 
     def _database_answers(self) -> bool:
         connection = connections[DEFAULT_DB_ALIAS]
