@@ -78,3 +78,13 @@ def start(runners, runner: Runner) -> Runner:
     runner.start()
     assert runner.leading.wait(10), "the runner never took the lead"
     return runner
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The chaos scenarios' counts, in CI's log whether they passed or not (-ra hides passing output)."""
+    from tests.chaos_results import RESULTS, summary_line
+
+    if RESULTS:
+        terminalreporter.section("chaos results (also in artifacts/chaos.json)")
+        for scenario, counts in RESULTS.items():
+            terminalreporter.write_line(summary_line(scenario, counts))

@@ -119,3 +119,39 @@ def handle_testing_lose_connection(message) -> None:
     """Ends its own database session, as a database restart would, and fails with it."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+
+# -- chaos suite (tests/test_chaos.py) ---------------------------------------------------------
+
+
+def _chaos_uid(value) -> str:
+    return str(value)[:100]  # fuzzed input may carry anything: keep the row writable
+
+
+@event_handler("chaos.record")
+def handle_chaos_event(event) -> None:
+    """Records the run with the metadata's "uid" and nothing else (fuzzed metadata stays inert)."""
+    metadata = event.metadata if isinstance(event.metadata, dict) else {}
+    Handling.objects.create(
+        uid=_chaos_uid(metadata.get("uid", "")),
+        event_type=event.event_type,
+        object_id=event.object_id,
+        metadata=None,
+        attempts=event.attempts,
+        coalesced=event.coalesced,
+        pid=os.getpid(),
+    )
+
+
+@message_handler("chaos.record")
+def handle_chaos_message(message) -> None:
+    """Records the run with the body's "id" as uid, in autocommit like any message handler."""
+    Handling.objects.create(
+        uid=_chaos_uid(message.body.get("id", "")),
+        event_type=f"message:{message.subject}",
+        object_id="",
+        metadata={"redelivered": message.redelivered},
+        attempts=0,
+        coalesced=1,
+        pid=os.getpid(),
+    )
