@@ -10,6 +10,7 @@ Public API (importable before the app registry is ready; the work happens on cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +44,13 @@ def push_event(
     return _push_event(event_type, object_id, metadata, delay=delay)
 
 
-def start() -> Runner:
+def start(recycle: Callable[[str], None] | None = None) -> Runner:
     """Start this process's runner (idempotent). Ignores ``AUTOSTART``; never call it in a
-    process that forks afterwards (a preloading master)."""
+    process that forks afterwards (a preloading master). ``recycle(reason)`` is called after a
+    memory handover (``MAX_RSS_MB``) to have the server replace this process."""
     from katello_events.lifecycle import start as _start
 
-    return _start()
+    return _start(recycle)
 
 
 def stop(timeout: float | None = None) -> bool:

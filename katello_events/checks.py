@@ -48,7 +48,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     config = get_config()
     messages += _check_intervals(config)
     messages += _check_handlers(config.get("HANDLERS"))
-    messages += _check_lock_file(config["LOCK_FILE"])
+    messages += _check_election(config)
+    messages += _check_watchdog(config)
     if config.get("DETAILS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
         messages.append(
             Error(
@@ -155,6 +156,80 @@ def _check_candlepin_options(name: str, backend: type, options: dict[str, Any]) 
                     id="katello_events.E007",
                 )
             )
+    return messages
+
+
+def _check_election(config: dict[str, Any]) -> list[CheckMessage]:
+    backend = config.get("LOCK_BACKEND")
+    if backend == "file":
+        return _check_lock_file(config["LOCK_FILE"])
+    if backend != "postgres":
+        return [
+            Error(
+                f"KATELLO_EVENTS['LOCK_BACKEND'] must be 'file' or 'postgres', not {backend!r}.",
+                hint="'file': one runner per host; 'postgres': one runner per database, across hosts.",
+                id="katello_events.E008",
+            )
+        ]
+    messages = _check_lock_key(config.get("LOCK_KEY"))
+    alias = config.get("LOCK_DATABASE")
+    database = settings.DATABASES.get(alias) if isinstance(alias, str) else None
+    if database is None or "postgresql" not in str(database.get("ENGINE", "")):
+        messages.append(
+            Error(
+                f"KATELLO_EVENTS['LOCK_DATABASE'] {alias!r} is not a PostgreSQL database of DATABASES.",
+                hint="With LOCK_BACKEND 'postgres', name a DATABASES alias using "
+                "django.db.backends.postgresql (default: 'default').",
+                id="katello_events.E009",
+            )
+        )
+    elif database.get("DISABLE_SERVER_SIDE_CURSORS"):
+        messages.append(
+            Warning(
+                f"The lock database {alias!r} has DISABLE_SERVER_SIDE_CURSORS set, the usual sign of a "
+                "transaction-pooling proxy such as PgBouncer.",
+                hint="A session-level advisory lock does not survive transaction pooling. Point "
+                "LOCK_DATABASE at an alias that reaches PostgreSQL directly or through a session pool; "
+                "see docs/deployment.md.",
+                id="katello_events.W003",
+            )
+        )
+    return messages
+
+
+def _check_lock_key(key: Any) -> list[CheckMessage]:
+    if key is None or (isinstance(key, str) and key):
+        return []
+    if isinstance(key, int) and not isinstance(key, bool) and -(2**63) <= key < 2**63:
+        return []
+    return [
+        Error(
+            f"KATELLO_EVENTS['LOCK_KEY'] must be None, a signed 64-bit int or a non-empty str, not {key!r}.",
+            hint="Leave it None to derive the key from the lock database's name.",
+            id="katello_events.E010",
+        )
+    ]
+
+
+def _check_watchdog(config: dict[str, Any]) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    limit = config.get("MAX_RSS_MB")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        messages.append(
+            Error(
+                f"KATELLO_EVENTS['MAX_RSS_MB'] must be None or a positive number of megabytes, not {limit!r}.",
+                hint="None turns the memory watchdog off; otherwise give the runner's RSS limit in MB.",
+                id="katello_events.E011",
+            )
+        )
+    if not isinstance(config.get("RECYCLE_ON_HANDOVER"), bool):
+        messages.append(
+            Error(
+                "KATELLO_EVENTS['RECYCLE_ON_HANDOVER'] must be True or False.",
+                hint="True asks the server to recycle the process after a memory handover.",
+                id="katello_events.E012",
+            )
+        )
     return messages
 
 

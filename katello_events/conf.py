@@ -30,7 +30,16 @@ DEFAULTS: dict[str, Any] = {
     # Start the runner's standby thread in web workers (first request, gunicorn/uWSGI hooks).
     # False for deployments whose web workers must run no threads: use `run_event_daemon` there.
     "AUTOSTART": True,
-    # Path of the election lock file. None: a per-database file in the runtime folder
+    # How the runner is elected: "file" (a lock file: one runner per host) or "postgres" (a
+    # session-level advisory lock: one runner per database, across hosts).
+    "LOCK_BACKEND": "file",
+    # "postgres" backend: the DATABASES alias the lock connection is built from. Must reach
+    # PostgreSQL directly or through a session-pooling pool, never a transaction-pooling one.
+    "LOCK_DATABASE": "default",
+    # "postgres" backend: the advisory lock key, an int (signed 64-bit) or a str (hashed).
+    # None: derived from the lock database's NAME and a constant namespace.
+    "LOCK_KEY": None,
+    # Path of the election lock file ("file" backend). None: a per-database file in the runtime folder
     # ($XDG_RUNTIME_DIR or the temp folder)/katello_events/, created with mode 0700 if missing.
     "LOCK_FILE": None,
     # Seconds between a standby's non-blocking attempts to take the lock (failover time).
@@ -58,6 +67,12 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_DEPTH_WARNING": 1000,
     # Seconds the status read of /api/ping, /about/ and `ping` may take before it reports FAIL.
     "PING_TIMEOUT": 2.0,
+    # Memory watchdog: megabytes of resident memory (RSS) above which the runner hands over
+    # (handlers finish the unit in hand, the lock is released, a standby takes over). None: off.
+    "MAX_RSS_MB": None,
+    # After a handover, ask the server to recycle this process (gunicorn: a graceful exit of the
+    # worker; run_event_daemon exits in any case). The process never competes again either way.
+    "RECYCLE_ON_HANDOVER": True,
     # Who sees error texts, hostnames and pids in /api/ping and on /about/:
     # "staff" (authenticated staff users), "authenticated", "everyone" or "nobody".
     "DETAILS_VISIBLE_TO": "staff",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from katello_events.autostart import autostart_blocker
@@ -30,17 +31,19 @@ def current_runner() -> Runner | None:
     return _runner if _runner_pid == os.getpid() else None
 
 
-def start() -> Runner:
+def start(recycle: Callable[[str], None] | None = None) -> Runner:
     """Start this process's runner (standby thread) if it has none yet; return it.
 
     The explicit trigger: it ignores ``AUTOSTART`` and the process checks. Call it only in a
-    process that will not fork afterwards.
+    process that will not fork afterwards. ``recycle`` is how the server recycles this process
+    after a memory handover (see ``Runner.on_handover``); without it the process only stops
+    competing.
     """
     global _runner, _runner_pid
     with _guard:
         runner = current_runner()
         if runner is None:
-            runner = Runner(get_config())
+            runner = Runner(get_config(), on_handover=recycle)
             _runner, _runner_pid = runner, os.getpid()
             atexit.register(stop)
             runner.start()
@@ -48,7 +51,7 @@ def start() -> Runner:
         return runner
 
 
-def autostart(trigger: str) -> Runner | None:
+def autostart(trigger: str, recycle: Callable[[str], None] | None = None) -> Runner | None:
     """Start the runner when this process is eligible (see :mod:`katello_events.autostart`).
 
     Called by the first request, the gunicorn hook and the uWSGI hook. Decides once per process.
@@ -62,7 +65,7 @@ def autostart(trigger: str) -> Runner | None:
     if blocker:
         logger.debug("katello_events not started by %s: %s", trigger, blocker)
         return None
-    return start()
+    return start(recycle)
 
 
 def stop(timeout: float | None = None) -> bool:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from django import db
 from django.db import connections
 
 from katello_events.conf import get_config, handler_specs
-from katello_events.election import FileLockElection
+from katello_events.election import Election, make_election
 from katello_events.handlers.base import describe_error
+from katello_events.memory import current_rss_mb
 from katello_events.redaction import get_logger
 from katello_events.status.depth_warnings import QueueDepthMonitor
 from katello_events.status.store import RunnerIdentity, StatusStore
@@ -38,11 +40,23 @@ class Runner:
     - Winning the lock but failing to start (tables not migrated, a bad handler path) releases
       the lock at once and competes again after ``START_RETRY_DELAY``: a broken process never
       blocks failover.
+    - Memory watchdog (``MAX_RSS_MB``): above the limit at a heartbeat, the runner steps down
+      like a stop, records the handover in the status rows, retires (this process never competes
+      again: its memory is the problem) and, with ``RECYCLE_ON_HANDOVER``, calls ``on_handover``
+      with the reason so the server can recycle the process.
     """
 
-    def __init__(self, config: dict[str, Any] | None = None, election: FileLockElection | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        election: Election | None = None,
+        on_handover: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config or get_config()
-        self.election = election or FileLockElection(self.config["LOCK_FILE"])
+        self.election = election or make_election(self.config)
+        #: Called (from the control thread) with the reason after a memory handover, when
+        #: RECYCLE_ON_HANDOVER is set: the server's way to recycle this process.
+        self.on_handover = on_handover
         self.identity = RunnerIdentity(hostname=socket.gethostname(), pid=os.getpid())
         self.leading = threading.Event()  #: set while this process is the runner
         self.finished = threading.Event()  #: set once the control loop has exited
@@ -55,6 +69,9 @@ class Runner:
         self.supervisor: Supervisor | None = None
         #: True when handlers did not stop in time: the lock is kept until the process exits.
         self.wedged = False
+        #: The reason of a memory handover: the control loop ended and never competes again.
+        self.retired: str | None = None
+        self._handover: str | None = None
 
     # -- public lifecycle ----------------------------------------------------------------------
 
@@ -68,7 +85,7 @@ class Runner:
         """The control loop, in the calling thread, until :meth:`stop`."""
         config = self.config
         try:
-            while not self._stop_requested.is_set() and not self.wedged:
+            while not self._stop_requested.is_set() and not self.wedged and not self.retired:
                 if not self._won_election():
                     self._stop_requested.wait(config["STANDBY_INTERVAL"])
                 elif not self._lead():
@@ -138,10 +155,22 @@ class Runner:
         self._heartbeat(supervisor, store)
         while not self._stop_requested.wait(self.config["HEARTBEAT_INTERVAL"]):
             if not self.election.still_held():
-                logger.error("the election lock was lost (lock file removed or replaced); stepping down")
+                logger.error("the election lock was lost (%s); stepping down", self.election.describe())
+                return
+            self._handover = self._memory_exceeded()
+            if self._handover:
+                logger.warning("%s; stepping down", self._handover, extra={"pid": self.identity.pid})
                 return
             supervisor.supervise()
             self._heartbeat(supervisor, store)
+
+    def _memory_exceeded(self) -> str | None:
+        """The handover reason when this process's RSS is above ``MAX_RSS_MB``, else None."""
+        limit = self.config.get("MAX_RSS_MB")
+        if not limit:
+            return None
+        rss = current_rss_mb()
+        return f"handed over: RSS {rss:.0f} MB above MAX_RSS_MB {limit:g}" if rss > limit else None
 
     def _heartbeat(self, supervisor: Supervisor, store: StatusStore) -> None:
         snapshots = supervisor.snapshots()
@@ -169,7 +198,7 @@ class Runner:
         # process exits, and says so in the status rows and the log.
         problem = None if stopped else "handlers did not stop; the runner lock is held until this process exits"
         try:
-            store.release(supervisor.snapshots(), problem=problem)
+            store.release(supervisor.snapshots(), problem=problem, handover=self._handover)
         except Exception as exc:  # the lock must be handled below whatever happened here
             logger.warning("could not mark the handlers stopped: %s", describe_error(exc))
         finally:
@@ -181,3 +210,20 @@ class Runner:
             logger.info("this process is no longer the katello_events runner", extra={"pid": self.identity.pid})
         else:
             logger.critical(problem)
+        if self._handover:
+            self._retire(self._handover)
+
+    def _retire(self, reason: str) -> None:
+        """After a memory handover: never compete again here, and ask for a recycle if configured."""
+        self.retired = reason
+        if not (self.config.get("RECYCLE_ON_HANDOVER", True) and self.on_handover):
+            logger.warning(
+                "this process no longer competes for the runner role (%s); recycle it to free its memory",
+                reason,
+                extra={"pid": self.identity.pid},
+            )
+            return
+        try:
+            self.on_handover(reason)
+        except Exception:
+            logger.exception("could not ask the server to recycle this process")

@@ -97,3 +97,22 @@ class DepthHandler(Handler):
             self.tick()
             self.stats.set_gauge("queue_depth", DEPTH["value"])
             self.sleep(0.02)
+
+
+class GrowingHandler(Handler):
+    """Grows this process's memory by ``MB`` megabytes once per test (the first runner to create
+    the file ``FLAG``), then idles: exercises the memory watchdog and its handover."""
+
+    def run(self) -> None:
+        hoard = []
+        try:
+            fd = os.open(self.options["FLAG"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # an earlier runner grew already: the next ones behave
+        else:
+            os.close(fd)
+            # Written, so the pages are resident (a zeroed allocation may not be).
+            hoard.append(b"x" * (int(self.options.get("MB", 300)) * 1024 * 1024))
+        while not self.stopping:
+            self.tick()
+            self.sleep(0.05)

@@ -41,3 +41,16 @@ if os.environ.get("KATELLO_EVENTS_PROBE_LOG"):
         **KATELLO_EVENTS["HANDLERS"],
         "probe": {"BACKEND": "tests.probe.ProbeHandler", "OPTIONS": {"LOG": os.environ["KATELLO_EVENTS_PROBE_LOG"]}},
     }
+# Multi-host and watchdog tests (tests/test_cluster_election.py) configure their servers here.
+if os.environ.get("KATELLO_EVENTS_LOCK_BACKEND"):
+    KATELLO_EVENTS["LOCK_BACKEND"] = os.environ["KATELLO_EVENTS_LOCK_BACKEND"]
+if os.environ.get("KATELLO_EVENTS_MAX_RSS_MB"):
+    KATELLO_EVENTS["MAX_RSS_MB"] = float(os.environ["KATELLO_EVENTS_MAX_RSS_MB"])
+if os.environ.get("KATELLO_EVENTS_GROW_FLAG"):
+    KATELLO_EVENTS["HANDLERS"] = {
+        **KATELLO_EVENTS["HANDLERS"],
+        "grow": {
+            "BACKEND": "tests.probe.GrowingHandler",
+            "OPTIONS": {"FLAG": os.environ["KATELLO_EVENTS_GROW_FLAG"], "MB": 300},
+        },
+    }

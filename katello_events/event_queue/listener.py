@@ -12,26 +12,9 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-#: Django OPTIONS that are not libpq connection parameters.
-_NOT_LIBPQ = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory", "context"}
+from katello_events.libpq import libpq_params
 
-#: Dead peers are noticed within about a minute even when no packet says so.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
-
-
-def libpq_params(settings_dict: dict[str, Any]) -> dict[str, Any]:
-    """psycopg2.connect() arguments for a Django database settings dict."""
-    params: dict[str, Any] = {
-        "dbname": settings_dict.get("NAME") or "postgres",
-        "user": settings_dict.get("USER"),
-        "password": settings_dict.get("PASSWORD"),
-        "host": settings_dict.get("HOST"),
-        "port": settings_dict.get("PORT"),
-        **_KEEPALIVES,
-    }
-    params.update({k: v for k, v in (settings_dict.get("OPTIONS") or {}).items() if k not in _NOT_LIBPQ})
-    params.setdefault("application_name", "katello_events listener")
-    return {k: v for k, v in params.items() if v not in (None, "")}
+__all__ = ["NotifyListener", "libpq_params"]  # libpq_params moved to katello_events.libpq
 
 
 class NotifyListener:

@@ -52,14 +52,26 @@ class StatusStore:
                     problem="",
                 )
 
-    def heartbeat(self, snapshots: list[SlotSnapshot], *, running: bool = True, problem: str | None = None) -> None:
-        """Write every slot's state and counter deltas in one transaction (raises on error)."""
+    def heartbeat(
+        self,
+        snapshots: list[SlotSnapshot],
+        *,
+        running: bool = True,
+        problem: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Write every slot's state and counter deltas in one transaction (raises on error).
+
+        ``problem`` overrides every row's problem; ``error`` is recorded as every row's last error.
+        """
         pending = []
         with transaction.atomic():
             for snap in snapshots:
                 fields, flushed = self._row_update(snap, running)
                 if problem:
                     fields["problem"] = problem
+                if error:
+                    fields.update(last_error=error, last_error_at=Now())
                 HandlerStatus.objects.filter(name=snap.name).update(**fields)
                 pending.append((snap, flushed))
         for snap, flushed in pending:  # only once committed
@@ -92,10 +104,18 @@ class StatusStore:
             fields.update(last_error=error, last_error_at=Now())
         return fields, dict(snap.counters)
 
-    def release(self, snapshots: list[SlotSnapshot], problem: str | None = None) -> None:
+    def release(self, snapshots: list[SlotSnapshot], problem: str | None = None, handover: str | None = None) -> None:
         """Final flush when stepping down: the rows say "not running" at once (and why, if
-        ``problem`` is given)."""
-        self.heartbeat(snapshots, running=False, problem=problem)
+        ``problem`` is given).
+
+        ``handover`` is the reason this runner gave the role away on purpose (the memory
+        watchdog): it becomes the problem and the last error, and ``counters["handovers"]``
+        (cumulative, like every counter) grows by one.
+        """
+        if handover:
+            for base in self._extra_base.values():
+                base["handovers"] = base.get("handovers", 0) + 1
+        self.heartbeat(snapshots, running=False, problem=problem or handover, error=handover)
 
 
 def _json_safe(value: dict) -> dict:

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from katello_events.conf import get_config
-from katello_events.election import FileLockElection, LockFileError
+from katello_events.election import LockFileError, make_election
 from katello_events.election.file_lock import open_lock_file
 from katello_events.runner import Runner
 
@@ -25,15 +25,20 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = get_config()
-        self._check_lock_file(config["LOCK_FILE"])
-        runner = Runner(config, FileLockElection(config["LOCK_FILE"]))
+        if config["LOCK_BACKEND"] == "file":
+            self._check_lock_file(config["LOCK_FILE"])
+        runner = Runner(config, make_election(config))
         self._stop_on_signals(runner)
-        self.stdout.write(f"katello_events daemon (pid {runner.identity.pid}) waiting for {config['LOCK_FILE']}")
+        self.stdout.write(f"katello_events daemon (pid {runner.identity.pid}) waiting for {runner.election.describe()}")
         watcher = threading.Thread(target=self._announce_leadership, args=(runner,), daemon=True)
         watcher.start()
         runner.run()
         if runner.wedged:
             raise CommandError("handlers did not stop in time; exiting so the runner lock is released")
+        if runner.retired:
+            # A daemon that no longer competes has nothing left to do, whatever
+            # RECYCLE_ON_HANDOVER says: exit non-zero so its supervisor starts a fresh process.
+            raise CommandError(f"{runner.retired}; exiting so that a fresh process replaces this one")
         self.stdout.write("katello_events daemon stopped")
 
     def _check_lock_file(self, path: str) -> None:
