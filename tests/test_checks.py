@@ -79,3 +79,26 @@ def test_w001_unknown_key(tmp_path):
 def test_w002_stale_after_too_close_to_heartbeat(tmp_path):
     config = {"LOCK_FILE": tmp_path / "x.lock", "HEARTBEAT_INTERVAL": 2.0, "STALE_AFTER": 4.0}
     assert ids(config) == ["katello_events.W002"]
+
+
+@pytest.mark.parametrize("setting", [0, -5, "1000", True, {"katello_events": 0}, {"default": "x"}])
+def test_e013_queue_depth_thresholds(tmp_path, setting):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "QUEUE_DEPTH_WARNING": setting}) == ["katello_events.E013"]
+
+
+@pytest.mark.parametrize("setting", [None, 1, {"katello_events": 5000, "default": None}])
+def test_valid_queue_depth_thresholds(tmp_path, setting):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "QUEUE_DEPTH_WARNING": setting}) == []
+
+
+def test_e004_covers_the_ping_timeout(tmp_path):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "PING_TIMEOUT": 0}) == ["katello_events.E004"]
+
+
+def test_w004_sqlite_with_autostart_warns(tmp_path):
+    from katello_events.status.checks import check_status_settings
+
+    sqlite = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}}
+    warned = check_status_settings({"AUTOSTART": True, "QUEUE_DEPTH_WARNING": 1}, sqlite)
+    assert [m.id for m in warned] == ["katello_events.W004"]
+    assert check_status_settings({"AUTOSTART": False, "QUEUE_DEPTH_WARNING": 1}, sqlite) == []

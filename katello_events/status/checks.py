@@ -1,0 +1,41 @@
+"""System checks of the status settings: queue-depth thresholds, and SQLite for several workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+
+
+def check_status_settings(config: dict[str, Any], databases: dict[str, Any] | None = None) -> list[CheckMessage]:
+    databases = settings.DATABASES if databases is None else databases
+    return _check_thresholds(config.get("QUEUE_DEPTH_WARNING")) + _check_sqlite(config, databases)
+
+
+def _check_thresholds(setting: Any) -> list[CheckMessage]:
+    values = setting.values() if isinstance(setting, dict) else [setting]
+    if all(value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0) for value in values):
+        return []
+    return [
+        Error(
+            f"KATELLO_EVENTS['QUEUE_DEPTH_WARNING'] must be None, a positive int, or a dict of handler name "
+            f"to one, not {setting!r}.",
+            hint="For example 1000, or {'katello_events': 5000, 'default': 1000}; None never warns.",
+            id="katello_events.E013",
+        )
+    ]
+
+
+def _check_sqlite(config: dict[str, Any], databases: dict[str, Any]) -> list[CheckMessage]:
+    engine = databases.get("default", {}).get("ENGINE", "")
+    if "sqlite" not in engine or not config.get("AUTOSTART"):
+        return []
+    return [
+        Warning(
+            "The default database is SQLite: with several web workers, the runner's writes and the "
+            "workers' requests wait on each other ('database is locked'), and the event queue can only poll.",
+            hint="Use PostgreSQL when serving with several workers; SQLite suits development with one process.",
+            id="katello_events.W004",
+        )
+    ]
