@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from katello_events.conf import get_config, queue_depth_threshold
 from katello_events.event_queue.maintenance import requeue_dead
 from katello_events.models import Event, HandlerStatus
-from katello_events.status.report import service_entry
+from katello_events.status.report import handover_grace, service_entry
 
 READY, DEFERRED, DEAD = "ready", "deferred", "dead"
 
@@ -118,5 +118,7 @@ class HandlerStatusAdmin(ReadOnlyAdmin):
         """The verdict /api/ping gives for this row (a row can say running and still be stale)."""
         config = get_config()
         threshold = queue_depth_threshold(row.name, config)
-        entry = service_entry(row, getattr(row, "db_now", None), config["STALE_AFTER"], "0", threshold)
+        entry = service_entry(
+            row, getattr(row, "db_now", None), config["STALE_AFTER"], "0", threshold, handover_grace(config)
+        )
         return f"{entry['status']}: {entry['message']}"

@@ -45,7 +45,7 @@ def test_no_status_row_fails_every_service():
 @pytest.mark.urls("tests.health_check_urls")
 def test_the_health_check_view_answers_500_on_fail(client):
     make_row(KE)
-    make_row(CP, running=False)
+    make_row(CP, running=False, age=30)
     response = client.get("/ht/?format=json")
     assert response.status_code == 500
     assert "KatelloEventsHealthCheck" in next(iter(response.json()))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
 from django.db import OperationalError
 from django.test import override_settings
+from django.utils import timezone
 
 from katello_events.models import HandlerStatus
 from katello_events.status import report
@@ -52,9 +54,20 @@ def test_stale_heartbeat_reads_not_running():
     assert entry["message"].startswith("Not running (no heartbeat for 60s")
 
 
-def test_clean_shutdown_reads_not_running_at_once():
-    make_row("katello_events", running=False)
-    assert services()["katello_events"]["message"] == "Not running"
+def test_a_clean_stop_reads_not_running_at_once_as_a_handover_then_fail():
+    make_row("katello_events", running=False, age=0.2)
+    make_row("candlepin_events", running=False, age=30)
+    document = report.collect_status()
+    handing_over = document["services"]["katello_events"]
+    assert (handing_over["status"], handing_over["running"]) == ("WARN", False)
+    assert handing_over["message"] == "Not running: handing over to the next runner"
+    stopped = document["services"]["candlepin_events"]
+    assert (stopped["status"], stopped["message"]) == ("FAIL", "Not running")
+
+
+def test_a_stop_with_a_problem_is_fail_at_once():
+    make_row("katello_events", running=False, age=0.2, problem="handlers did not stop")
+    assert services()["katello_events"]["status"] == "FAIL"
 
 
 def test_a_problem_is_fail_with_its_text():
@@ -156,7 +169,7 @@ class TestPingView:
         assert "runner" not in body["services"]["katello_events"]
 
     def test_staff_gets_details_and_fail_is_503(self, admin_client):
-        make_row("katello_events", running=False)
+        make_row("katello_events", running=False, age=30)
         response = admin_client.get("/api/ping")
         assert response.status_code == 503
         body = response.json()
@@ -171,7 +184,7 @@ class TestPingView:
 
 def test_about_page_shows_the_backend_system_status_table(admin_client, client):
     make_row("katello_events", queue_depth=5)
-    make_row("candlepin_events", running=False)
+    make_row("candlepin_events", running=False, age=30)
     page = admin_client.get("/about/")
     assert page.status_code == 503
     html = page.content.decode()
@@ -194,7 +207,9 @@ def test_ping_command_text_json_and_exit_status():
     document = json.loads(out.getvalue())
     assert document["services"]["katello_events"]["runner"]["pid"] == 4242
 
-    HandlerStatus.objects.filter(name="candlepin_events").update(running=False)
+    HandlerStatus.objects.filter(name="candlepin_events").update(
+        running=False, heartbeat_at=timezone.now() - timedelta(seconds=30)
+    )
     with pytest.raises(SystemExit) as exit_info:
         call_command("ping", stdout=StringIO())
     assert exit_info.value.code == 1

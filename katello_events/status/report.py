@@ -40,11 +40,21 @@ def collect_status() -> dict[str, Any]:
     by_name = {row.name: row for row in rows}
     services = {
         name: service_entry(
-            by_name.get(name), db_now, config["STALE_AFTER"], duration_ms, queue_depth_threshold(name, config)
+            by_name.get(name),
+            db_now,
+            config["STALE_AFTER"],
+            duration_ms,
+            queue_depth_threshold(name, config),
+            handover_grace(config),
         )
         for name in names
     }
     return {"status": overall(services), "services": services}
+
+
+def handover_grace(config: dict[str, Any]) -> float:
+    """Seconds a clean stop reads as a hand-over: a few standby attempts, at least one second."""
+    return max(1.0, 5 * float(config["STANDBY_INTERVAL"]))
 
 
 def _read_rows(names: list[str], timeout: float) -> tuple[list[HandlerStatus], datetime | None]:
@@ -64,8 +74,14 @@ def service_entry(
     stale_after: float,
     duration_ms: str,
     threshold: int | None = None,
+    grace: float = 0.0,
 ) -> dict:
-    """One service of the document, judged from its row (None: no row yet)."""
+    """One service of the document, judged from its row (None: no row yet).
+
+    A runner that stopped cleanly less than ``grace`` seconds ago reads WARN "handing over":
+    a standby normally claims the rows within a fraction of a second, and a recycled worker
+    must not make the ping flap to FAIL (503). Past ``grace`` it is FAIL like any stop.
+    """
     if row is None:
         return _entry(FAIL, "Not running (never started)", duration_ms, running=False)
     age = (db_now - row.heartbeat_at).total_seconds() if db_now and row.heartbeat_at else None
@@ -74,7 +90,9 @@ def service_entry(
     counts = f"{row.processed_count} Processed, {row.failed_count} Failed"
     if row.queue_depth is not None:
         counts += f", {row.queue_depth} in queue"
-    if not row.running:
+    if not row.running and not row.problem and age is not None and age <= grace:
+        status, message = WARN, "Not running: handing over to the next runner"
+    elif not row.running:
         status, message = FAIL, "Not running" + (f": {row.problem}" if row.problem else "")
     elif stale:
         status, message = FAIL, f"Not running (no heartbeat for {age:.0f}s)" if age is not None else "Not running"
