@@ -20,7 +20,7 @@ from katello_events.models import Event, HandlerStatus
 from tests.cluster_support import admin_connection, election_holders, fence_holders, holders, lock_key, terminate
 from tests.eventsapp.models import Handling
 from tests.support import alive, children, free_port, gunicorn_args, lock_holders, manage_args, wait_for
-from tests.test_processes import probe_runs, run_manage, workers_of
+from tests.test_processes import assert_runs_never_overlap, probe_runs, run_manage, workers_of
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(240), pytest.mark.django_db(transaction=True)]
 
@@ -80,14 +80,7 @@ def assert_probe_runs_never_overlap(log_path, killed: dict[int, float]) -> None:
     """Probe start/stop lines never overlap; a pid killed with -9 ended at its kill time."""
     runs = probe_runs(log_path)
     runs += [("stop", pid, at) for pid, at in killed.items() if ("start", pid) in [(w, p) for w, p, _ in runs]]
-    active: int | None = None
-    for what, pid, _ in sorted(runs, key=lambda run: run[2]):
-        if what == "start":
-            assert active is None, f"{pid} started while {active} was still running"
-            active = pid
-        else:
-            assert active == pid, f"{pid} stopped but {active} was the one running"
-            active = None
+    assert_runs_never_overlap(runs)
 
 
 def test_two_hosts_one_runner_and_kill_9_of_a_host_moves_it_within_seconds(
