@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
+from django.views.debug import SafeExceptionReporterFilter
+
 # user:password@ in any URL-ish text (stomp://, postgres://, amqp://, https://).
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s]*)@", re.I)
 # key=value or key: value pairs whose key says secret (libpq DSNs, headers, reprs).
@@ -45,3 +47,16 @@ def get_logger(name: str) -> logging.Logger:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
+
+
+class SecretRedactingReporterFilter(SafeExceptionReporterFilter):
+    """Django's error-page filter, plus passwords inside URLs of any setting.
+
+    Django hides settings by name (``PASSWORD``, ``SECRET_KEY``...), but a broker URL in
+    ``KATELLO_EVENTS["HANDLERS"][...]["OPTIONS"]["BROKER_URL"]`` carries its password inside the
+    value. Set ``DEFAULT_EXCEPTION_REPORTER_FILTER = "katello_events.redaction.SecretRedactingReporterFilter"``.
+    """
+
+    def cleanse_setting(self, key: object, value: object) -> object:
+        value = super().cleanse_setting(key, value)
+        return redact(value) if isinstance(value, str) else value

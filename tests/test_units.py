@@ -80,3 +80,15 @@ def test_management_command_detection():
 def test_redact(text, expected):
     assert redact(text) == expected
     assert "s3cr3t" not in redact(text) and "hunter2" not in redact(text)
+
+
+def test_error_pages_hide_passwords_inside_setting_values():
+    from katello_events.redaction import SecretRedactingReporterFilter
+
+    handlers = {"candlepin_events": {"OPTIONS": {"BROKER_URL": "stomp://katello:s3cr3t@broker:61613"}}}
+    with override_settings(KATELLO_EVENTS={"HANDLERS": handlers}):
+        safe = SecretRedactingReporterFilter().get_safe_settings()
+    assert safe["KATELLO_EVENTS"]["HANDLERS"]["candlepin_events"]["OPTIONS"]["BROKER_URL"] == (
+        "stomp://katello:********@broker:61613"
+    )
+    assert "s3cr3t" not in repr(safe)

@@ -81,6 +81,10 @@ KATELLO_EVENTS = {
     },
 }
 
+# Error pages (DEBUG) hide settings by name; this filter also hides the password inside
+# CANDLEPIN_BROKER_URL, which sits in a value.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "katello_events.redaction.SecretRedactingReporterFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
