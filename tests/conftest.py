@@ -88,3 +88,21 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("chaos results (also in artifacts/chaos.json)")
         for scenario, counts in RESULTS.items():
             terminalreporter.write_line(summary_line(scenario, counts))
+
+
+@pytest.fixture(scope="module")
+def candlepin_test_queues():
+    """Delete the broker's test destinations once a module that used them is done."""
+    from tests.candlepin_support import can_control_broker, delete_test_queues
+
+    yield
+    if can_control_broker():
+        delete_test_queues()
+
+
+@pytest.fixture
+def destination() -> str:
+    """A STOMP destination of its own for one test."""
+    from tests.candlepin_support import new_destination
+
+    return new_destination()

@@ -18,10 +18,7 @@ from katello_events.candlepin.dispatch import MESSAGE_EVENT
 from katello_events.models import Event
 from tests.candlepin_support import (
     SUBJECTS,
-    can_control_broker,
-    delete_test_queues,
     messages_in_queue,
-    new_destination,
     problem,
     run_listener,
     send,
@@ -33,19 +30,11 @@ from tests.candlepin_support import (
 from tests.eventsapp.models import Handling, Switch
 from tests.support import wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _remove_test_queues():
-    yield
-    if can_control_broker():
-        delete_test_queues()
-
-
-@pytest.fixture
-def destination() -> str:
-    return new_destination()
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(120),
+    pytest.mark.usefixtures("candlepin_test_queues"),
+]
 
 
 def records(message_id: str) -> list[Handling]:

@@ -13,10 +13,8 @@ import pytest
 from tests.candlepin_support import (
     BROKER_URL,
     can_control_broker,
-    delete_test_queues,
     fake_management_api,
     messages_in_queue,
-    new_destination,
     port_open,
     problem,
     rabbitmqctl,
@@ -31,19 +29,11 @@ from tests.eventsapp.models import Handling
 from tests.support import free_port, manage_args, wait_for
 from tests.tls_support import have_openssl, make_certificates, tls_proxy
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _remove_test_queues():
-    yield
-    if can_control_broker():
-        delete_test_queues()
-
-
-@pytest.fixture
-def destination() -> str:
-    return new_destination()
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(120),
+    pytest.mark.usefixtures("candlepin_test_queues"),
+]
 
 
 def test_an_unreachable_broker_is_reported_without_its_password(runners, lock_file, destination, caplog):

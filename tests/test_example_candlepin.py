@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import uuid
 
 import pytest
 
@@ -16,16 +15,11 @@ from katello_events.registry import message_handlers
 from tests.conftest import make_runner, start
 from tests.support import EXAMPLE, manage_args, server_env, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("candlepin_test_queues")]
 
 BROKER_URL = "stomp://guest:guest@127.0.0.1:61613"
 QUEUE = "katello_events.handlers.event_queue.EventQueueHandler"
 CANDLEPIN = "katello_events.handlers.candlepin.CandlepinHandler"
-
-
-@pytest.fixture
-def destination() -> str:
-    return f"/queue/katello.candlepin.test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
