@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The project's two entry points on a fresh machine:
 #   ./dev.sh example   set up and run the example project under gunicorn (4 workers)
-#   ./dev.sh test      set up and run the whole test suite (what .ci/run calls), then the
-#                      suite without its process tests on Django 6 when Python >= 3.12 exists
-# Each installs what it needs: a virtualenv in .venv, the packages, PostgreSQL reachability,
-# RabbitMQ with its STOMP plugin. Safe to run again: every step is idempotent.
+#   ./dev.sh test      set up and run the whole test suite (what .ci/run calls) with psycopg 3,
+#                      build and check the package, then the suite without its process tests
+#                      on Django 6 with psycopg2 when Python >= 3.12 exists
+# Each installs what it needs: a virtualenv in .venv (extra "example" or "test"), the packages,
+# PostgreSQL reachability, RabbitMQ with its STOMP plugin. Safe to run again: every step is
+# idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -28,18 +30,25 @@ find_python() {
   exit 1
 }
 
-ensure_venv() {
+ensure_venv() {  # extra: "example" (what the example project needs) or "test" (everything)
+  local extra=$1 marker="$VENV/.installed-$1"
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     "$(find_python)" -m venv "$VENV"
   fi
-  # Reinstall only when the package metadata changed since the last install.
-  if [ ! -f "$VENV/.installed" ] || [ setup.cfg -nt "$VENV/.installed" ]; then
-    say "installing katello_events and its test dependencies"
+  # One marker per extra: reinstall only when that extra was never installed here, or the
+  # package metadata changed since. "example" after "test" finds everything already there.
+  if [ ! -f "$marker" ] || [ setup.cfg -nt "$marker" ]; then
+    say "installing katello_events[$extra]"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
-    touch "$VENV/.installed"
+    "$VENV/bin/python" -m pip install --quiet -e ".[$extra]"
+    touch "$marker"
   fi
+}
+
+describe_env() {  # python: the versions a test pass runs on, driver included
+  "$1" -c 'import sys, django; from katello_events import pgdriver
+print(f"Django {django.__version__}, Python {sys.version.split()[0]}, {pgdriver.describe()}")'
 }
 
 wait_for_port() {  # host port seconds what
@@ -95,15 +104,14 @@ ensure_chromium() {  # headless Chromium for tests/test_browser.py (Debian's pac
   fi
 }
 
-create_database() {  # name
+create_database() {  # name (through whichever driver is installed: psycopg 3 or psycopg2)
   "$VENV/bin/python" - "$1" <<'EOF'
 import sys
 
-import psycopg2
+from katello_events import pgdriver
 
 name = sys.argv[1]
-connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-connection.autocommit = True
+connection = pgdriver.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
 with connection.cursor() as cursor:
     cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
     if cursor.fetchone() is None:
@@ -112,7 +120,7 @@ EOF
 }
 
 run_example() {
-  ensure_venv
+  ensure_venv example
   ensure_postgres
   ensure_stomp_broker
   create_database katello_events_example
@@ -124,13 +132,47 @@ run_example() {
   "$VENV/bin/python" manage.py seed_example
   say "About page:  http://$bind/about/"
   say "Ping API:    http://$bind/api/ping"
-  say "CLI status:  (cd example_project && ../.venv/bin/python manage.py ping)"
+  # The printed command carries DATABASE_URL: without it the example project reads SQLite.
+  say "CLI status:  (cd example_project && DATABASE_URL=$(printf %q "$DATABASE_URL") ../.venv/bin/python manage.py ping)"
   say "Stop with Ctrl-C."
   exec "$VENV/bin/gunicorn" -c gunicorn.conf.py -b "$bind" example_project.wsgi:application
 }
 
+check_package() {  # sdist and wheel into artifacts/dist, twine check, the wheel's contents
+  # The wheel is built from the sdist (build's default), so a file missing from the sdist fails
+  # here, and nothing is built inside the tree (only setuptools' egg-info is refreshed).
+  local dist="$ROOT/artifacts/dist"
+  rm -rf "$dist"
+  "$VENV/bin/python" -m build --outdir "$dist" . >"$ROOT/artifacts/build.log" 2>&1 ||
+    { cat "$ROOT/artifacts/build.log" >&2; return 1; }
+  "$VENV/bin/twine" check --strict "$dist"/*
+  "$VENV/bin/python" - "$dist"/*.whl <<'EOF'
+import sys
+import zipfile
+
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    names = wheel.namelist()
+    metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+found = {
+    "py.typed": "katello_events/py.typed" in names,
+    "templates": any(n.startswith("katello_events/templates/katello_events/") and n.endswith(".html") for n in names),
+    "migrations": "katello_events/migrations/0001_initial.py" in names,
+}
+problems = [f"missing {what}" for what, present in found.items() if not present]
+problems += [
+    f"a driver without an extra: {line}"
+    for line in metadata.splitlines()
+    if line.startswith("Requires-Dist: psycopg") and "extra ==" not in line
+]
+problems += [f"not ours: {n}" for n in names if not n.startswith("katello_events/") and ".dist-info/" not in n]
+if problems:
+    sys.exit(f"{sys.argv[1]}: " + "; ".join(problems))
+print(f"{sys.argv[1].rsplit('/', 1)[-1]}: {len(names)} files; templates, migrations and py.typed included")
+EOF
+}
+
 run_tests() {
-  ensure_venv
+  ensure_venv test
   ensure_postgres
   ensure_stomp_broker
   ensure_chromium
@@ -138,8 +180,10 @@ run_tests() {
   "$VENV/bin/ruff" check .
   say "docs (mkdocs --strict)"
   "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$ROOT/artifacts/site"
-  say "pytest"
   mkdir -p "$ROOT/artifacts"
+  say "package (build, twine check --strict, the wheel's contents)"
+  check_package
+  say "pytest on $(describe_env "$VENV/bin/python")"
   local status=0
   "$VENV/bin/python" -m pytest --junitxml="$ROOT/artifacts/junit.xml" "$@" || status=$?
   if [ $status -eq 5 ]; then
@@ -163,8 +207,8 @@ find_python_for_django6() {  # Django 6 needs Python >= 3.12
   done
 }
 
-run_django6_tests() {  # the suite without its process tests, on the newest Django line
-  local python venv="$ROOT/.venv-django6"
+run_django6_tests() {  # the suite without its process tests, on the newest Django line, with psycopg2
+  local python venv="$ROOT/.venv-django6" marker="$ROOT/.venv-django6/.installed-test-psycopg2"
   python=$(find_python_for_django6)
   if [ -z "$python" ]; then
     say "no Python >= 3.12 here: skipping the Django 6 pass"
@@ -173,13 +217,17 @@ run_django6_tests() {  # the suite without its process tests, on the newest Djan
   if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
   fi
-  if [ ! -f "$venv/.installed" ] || [ setup.cfg -nt "$venv/.installed" ]; then
-    say "installing the Django 6 test environment"
+  if [ ! -f "$marker" ] || [ setup.cfg -nt "$marker" ]; then
+    say "installing the Django 6 test environment (psycopg2 in place of psycopg 3)"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet -e ".[test]" "django>=6,<7"
-    touch "$venv/.installed"
+    # The main pass runs on psycopg 3; this one proves the app on the other driver. Django
+    # prefers psycopg 3 whenever it can import it, so it has to go.
+    "$venv/bin/python" -m pip uninstall --quiet --yes psycopg psycopg-binary
+    "$venv/bin/python" -m pip install --quiet "psycopg2-binary>=2.9"
+    touch "$marker"
   fi
-  say "pytest on $("$venv/bin/python" -c 'import django, sys; print(f"Django {django.__version__}, Python {sys.version.split()[0]}")')"
+  say "pytest on $(describe_env "$venv/bin/python")"
   "$venv/bin/python" -m pytest -q -m "not process" -p no:cacheprovider --junitxml="$ROOT/artifacts/junit-django6.xml"
 }
 

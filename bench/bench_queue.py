@@ -8,8 +8,9 @@ no-op handler, on the same PostgreSQL, in one run; the figures that matter are t
 - katello_events: a real in-process runner with the ``katello_events`` handler (claims batches
   with FOR UPDATE SKIP LOCKED, runs handlers and deletes in one transaction, gauges, heartbeats).
 - Katello-style baseline: the one-event-at-a-time algorithm the design replaces, in plain SQL
-  through psycopg2 (oldest runnable row, newest of its pair, mark in progress, handle, delete).
-- Raw floor: a plain psycopg2 loop deleting batches with
+  through the driver (psycopg 3 or psycopg2, whichever Django uses: ``katello_events.pgdriver``;
+  oldest runnable row, newest of its pair, mark in progress, handle, delete).
+- Raw floor: a plain driver loop deleting batches with
   ``DELETE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED)) RETURNING`` (no handler
   dispatch, no transaction around handlers: the fastest a batch consumer can go here).
 
@@ -34,14 +35,13 @@ DATABASE = "katello_events_bench"
 os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-import psycopg2  # noqa: E402
+from katello_events import pgdriver  # noqa: E402
 
 BATCH = 100
 
 
 def create_database() -> None:
-    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    admin.autocommit = True
+    admin = pgdriver.connect(host="127.0.0.1", user="postgres", dbname="postgres")
     with admin.cursor() as cursor:
         cursor.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
         cursor.execute(f'CREATE DATABASE "{DATABASE}"')
@@ -49,9 +49,8 @@ def create_database() -> None:
 
 
 def raw_connection():
-    connection = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=DATABASE)
-    connection.autocommit = True
-    return connection
+    """An autocommit connection; psycopg 3 closes it at the end of a ``with`` block, psycopg2 does not."""
+    return pgdriver.connect(host="127.0.0.1", user="postgres", dbname=DATABASE)
 
 
 def fill_events(count: int) -> None:
@@ -235,7 +234,10 @@ def main() -> None:
         cursor.execute("SHOW server_version")
         server = cursor.fetchone()[0]
 
-    print(f"draining {args.events} events (distinct pairs, no-op handler), PostgreSQL {server}, batch {BATCH}")
+    print(
+        f"draining {args.events} events (distinct pairs, no-op handler), PostgreSQL {server}, batch {BATCH}, "
+        f"{pgdriver.describe()}"
+    )
     baseline = bench_katello_style(args.events)
     print(f"  Katello-style baseline: {baseline:,.0f} events/s", flush=True)
     ours = bench_ours(args.events)
@@ -247,7 +249,7 @@ def main() -> None:
     rows = [
         ("Katello-style one-at-a-time (plain SQL)", baseline),
         ("katello_events consumer", ours),
-        ("raw floor: psycopg2 DELETE ... RETURNING batches", floor),
+        (f"raw floor: {pgdriver.name()} DELETE ... RETURNING batches", floor),
     ]
     print()
     print(f"| {'contender':<50} | {'events/s':>10} | {'vs baseline':>11} | {'vs raw floor':>12} |")

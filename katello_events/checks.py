@@ -1,7 +1,8 @@
 """System checks (IDs are stable; every one is listed in ``docs/checks.md``).
 
 One registered check; each component checks its own settings (``election/checks.py``,
-``candlepin/checks.py``, ``status/checks.py``) and this module puts them together.
+``candlepin/checks.py``, ``status/checks.py``) and this module puts them together, with the
+PostgreSQL driver check (E014).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
+from katello_events import pgdriver
 from katello_events.candlepin.checks import check_candlepin_options
 from katello_events.conf import DEFAULTS, get_config
 from katello_events.election.checks import check_election, check_watchdog
@@ -53,6 +55,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += check_election(config)
     messages += check_watchdog(config)
     messages += check_status_settings(config)
+    messages += check_driver()
     if config.get("DETAILS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
         messages.append(
             Error(
@@ -88,6 +91,27 @@ def _check_intervals(config: dict[str, Any]) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+def check_driver(databases: dict[str, Any] | None = None) -> list[CheckMessage]:
+    """E014: a PostgreSQL database without psycopg 3 or psycopg2 (installs force neither driver)."""
+    if pgdriver.name() is not None:
+        return []
+    aliases = [
+        alias
+        for alias, database in (settings.DATABASES if databases is None else databases).items()
+        if any(engine in str(database.get("ENGINE", "")) for engine in ("postgresql", "postgis"))
+    ]
+    if not aliases:
+        return []
+    return [
+        Error(
+            f"No PostgreSQL driver is installed, yet these DATABASES use PostgreSQL: {', '.join(map(repr, aliases))}.",
+            hint='Install one: pip install "katello_events[psycopg]" (psycopg 3, recommended) or '
+            'pip install "katello_events[psycopg2]".',
+            id="katello_events.E014",
+        )
+    ]
 
 
 def _check_handlers(handlers: Any) -> list[CheckMessage]:

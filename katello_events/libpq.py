@@ -1,17 +1,28 @@
 """libpq connection parameters for connections we open ourselves, outside Django's handling.
 
-The event queue's LISTEN connection and the PostgreSQL election's lock connection are plain
-psycopg2 connections: ``CONN_MAX_AGE``, request signals and connection pooling never touch them.
-They are built from a Django ``DATABASES`` entry so there is one place to configure the database.
-Imports nothing else from the package.
+The event queue's LISTEN connection and the PostgreSQL election's lock connection are plain driver
+connections (``katello_events.pgdriver``: psycopg 3 or psycopg2, the same parameters for both):
+``CONN_MAX_AGE``, request signals and connection pooling never touch them. They are built from a
+Django ``DATABASES`` entry so there is one place to configure the database. Imports nothing else
+from the package.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-#: Django OPTIONS that are not libpq connection parameters.
-_NOT_LIBPQ = {"isolation_level", "server_side_binding", "pool", "assume_role", "cursor_factory", "context"}
+#: Django OPTIONS that are not libpq connection parameters (Django's own, or a driver's Python-side
+#: options such as psycopg 3's ``prepare_threshold``).
+_NOT_LIBPQ = {
+    "isolation_level",
+    "server_side_binding",
+    "pool",
+    "assume_role",
+    "cursor_factory",
+    "context",
+    "prepare_threshold",
+    "connection_factory",
+}
 
 #: Dead peers are noticed within about a minute even when no packet says so.
 DEFAULT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
@@ -24,7 +35,7 @@ def libpq_params(
     keepalives: dict[str, int] | None = None,
     force_application_name: bool = False,
 ) -> dict[str, Any]:
-    """psycopg2.connect() arguments for a Django database settings dict.
+    """``pgdriver.connect()`` arguments (libpq parameters) for a Django database settings dict.
 
     ``keepalives`` replaces :data:`DEFAULT_KEEPALIVES` and wins over the database's OPTIONS;
     ``force_application_name`` also makes ``application_name`` win (operators find the

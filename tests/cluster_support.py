@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import psycopg2
-
+from katello_events import pgdriver
 from katello_events.election.postgres_lock import _lock_ids, derive_key, fence_key
 
 _HOLDERS = """
@@ -14,9 +13,8 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s 
 
 
 def admin_connection(database_name: str):
-    connection = psycopg2.connect(host="127.0.0.1", user="postgres", dbname=database_name)
-    connection.autocommit = True
-    return connection
+    """An autocommit connection as postgres, on whichever driver is installed."""
+    return pgdriver.connect(host="127.0.0.1", user="postgres", dbname=database_name)
 
 
 def lock_key(database_name: str) -> int:

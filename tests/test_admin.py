@@ -5,7 +5,6 @@ from __future__ import annotations
 import select
 from datetime import timedelta
 
-import psycopg2
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connection
@@ -15,6 +14,7 @@ from katello_events.event_queue.listener import libpq_params
 from katello_events.event_queue.maintenance import requeue_dead
 from katello_events.event_queue.push import NOTIFY_CHANNEL
 from katello_events.models import Event, HandlerStatus
+from katello_events.pgdriver import NotifyConnection
 
 pytestmark = pytest.mark.django_db
 
@@ -132,15 +132,11 @@ def test_handler_status_is_read_only_and_judged_like_the_ping(admin_client):
 @pytest.mark.django_db(transaction=True)
 def test_requeue_dead_wakes_the_consumer_once_committed():
     Event.objects.create(event_type="pool.imported", object_id="9", state=Event.DEAD, attempts=5)
-    listener = psycopg2.connect(**libpq_params(connection.settings_dict))
-    listener.autocommit = True
+    listener = NotifyConnection(libpq_params(connection.settings_dict), NOTIFY_CHANNEL)
     try:
-        with listener.cursor() as cursor:
-            cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
         assert requeue_dead() == 1
         ready, _, _ = select.select([listener], [], [], 5)
-        listener.poll()
-        assert ready and [n.channel for n in listener.notifies] == [NOTIFY_CHANNEL]
+        assert ready and listener.take() == [NOTIFY_CHANNEL]
         assert requeue_dead() == 0, "nothing dead is left"
     finally:
         listener.close()

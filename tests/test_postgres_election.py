@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import warnings
 
 import pytest
 from django.db import connection
@@ -65,6 +67,25 @@ def test_terminating_the_lock_session_fails_fencing_and_the_fence_waits_for_the_
     assert not new.try_acquire()
     old.release()  # what the old runner does once its handlers have stopped
     assert new.try_acquire() and new.still_held()
+
+
+def test_a_forked_child_leaves_the_parents_lock_sessions_alone(elections):
+    election = elections()
+    assert election.try_acquire()
+    with warnings.catch_warnings():  # Python >= 3.12 warns when other threads exist; none is used here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: whatever it does with the election, the parent's sessions stay
+        status = 1
+        try:
+            election.release()
+            gc.collect()
+            status = 0 if not election.still_held() else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert election.still_held(), "the child closed an inherited session"
 
 
 def test_the_lock_connection_is_named_tuned_and_logs_no_password():

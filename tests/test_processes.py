@@ -12,9 +12,9 @@ import subprocess
 import time
 import uuid
 
-import psycopg2
 import pytest
 
+from katello_events import pgdriver
 from katello_events.election import FileLockElection
 from katello_events.models import HandlerStatus
 from tests.support import (
@@ -233,8 +233,7 @@ def test_run_event_daemon_refuses_a_symlinked_lock_file(database_name, tmp_path)
 @pytest.fixture
 def empty_database():
     name = f"katello_events_empty_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    admin.autocommit = True
+    admin = pgdriver.connect(host="127.0.0.1", user="postgres", dbname="postgres")
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     yield name

@@ -1,7 +1,8 @@
 """Settings of the example project. Environment variables:
 
-- ``DATABASE_URL``: ``postgres://user:password@host:port/name`` or ``sqlite:///file`` (default:
-  a SQLite file inside the project).
+- ``DATABASE_URL``: read by dj-database-url, e.g. ``postgres://user:password@host:port/name`` or
+  ``sqlite:///file`` (default: ``sqlite:///db.sqlite3``; a relative SQLite path is inside the
+  project, whatever the current folder).
 - ``CANDLEPIN_BROKER_URL``: ``stomp://user:password@host:port`` (default: RabbitMQ's STOMP on
   localhost with guest/guest).
 - ``CANDLEPIN_QUEUE``: the STOMP destination (default ``/queue/katello.candlepin``).
@@ -11,7 +12,7 @@
 import os
 from pathlib import Path
 
-from example_project.database_url import parse_database_url
+import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -57,9 +58,17 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": parse_database_url(os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"), BASE_DIR),
-}
+
+def _database(url: str) -> dict:
+    """``DATABASES`` entry of a URL; relative SQLite paths are anchored at the project, as documented."""
+    database = dj_database_url.parse(url)
+    name = database.get("NAME")
+    if database["ENGINE"] == "django.db.backends.sqlite3" and name and name != ":memory:":
+        database["NAME"] = str(BASE_DIR / name)  # an absolute path stays as it is
+    return database
+
+
+DATABASES = {"default": _database(os.environ.get("DATABASE_URL", "sqlite:///db.sqlite3"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

@@ -5,10 +5,11 @@ Facts this module is built on:
 - ``pg_try_advisory_lock(key)`` never waits. The lock belongs to the *session* (the server
   backend) and lives until it is unlocked or the session ends, whichever way it ends: the client
   closed it, the client process or host died and TCP said so, or ``pg_terminate_backend()``.
-- So the lock connection is ours alone: a plain psycopg2 connection in autocommit, opened after
-  fork in the process that competes, never handed to Django (``CONN_MAX_AGE``, request signals
-  and connection pools would close or share it, and a session shared through a
-  transaction-pooling proxy such as PgBouncer is not a session at all: see docs/deployment.md).
+- So the lock connection is ours alone: a plain driver connection in autocommit
+  (``katello_events.pgdriver``: psycopg 3 or psycopg2), opened after fork in the process that
+  competes, never handed to Django (``CONN_MAX_AGE``, request signals and connection pools would
+  close or share it, and a session shared through a transaction-pooling proxy such as PgBouncer
+  is not a session at all: see docs/deployment.md).
 - A dead *client host* is noticed by the *server*, through the session's server-side TCP
   keepalives (``tcp_keepalives_*``, ``tcp_user_timeout``: per-session settings). A lost server or
   a partition is noticed by the *client*, through libpq's keepalives and ``tcp_user_timeout``.
@@ -26,8 +27,7 @@ import os
 import weakref
 from typing import Any
 
-import psycopg2
-
+from katello_events import pgdriver
 from katello_events.libpq import libpq_params
 
 #: The namespace mixed into derived keys, so our key does not collide with other users' locks.
@@ -52,7 +52,9 @@ _HELD_QUERY = (
 )
 
 #: Connections inherited across fork. Never closed in the child: closing sends a Terminate
-#: message on the shared socket and would end the parent's session, and with it its lock.
+#: message on the shared socket and would end the parent's session, and with it its lock. Kept
+#: referenced for the child's whole life, because psycopg2 also closes a connection when it is
+#: garbage-collected (psycopg 3 does not do that in a child, but holding it costs nothing).
 _inherited: list[Any] = []
 _elections: weakref.WeakSet[PostgresLockElection] = weakref.WeakSet()
 
@@ -90,7 +92,7 @@ def server_keepalives(heartbeat_interval: float, stop_timeout: float) -> dict[st
 def client_params(settings_dict: dict[str, Any], label: str = "lock") -> dict[str, Any]:
     """libpq parameters of the lock connection: the database's, with our timeouts and name."""
     keepalives: dict[str, int] = dict(CLIENT_KEEPALIVES)
-    if psycopg2.__libpq_version__ >= 120000:  # tcp_user_timeout appeared in libpq 12
+    if pgdriver.libpq_version() >= 120000:  # tcp_user_timeout appeared in libpq 12
         keepalives["tcp_user_timeout"] = CLIENT_TIMEOUT * 1000
     params = libpq_params(
         settings_dict,
@@ -155,14 +157,13 @@ class _SessionLock:
     def _connect(self) -> Any:
         if self.connection is not None and not self.connection.closed:
             return self.connection
-        connection = psycopg2.connect(**client_params(self.settings_dict, self.label))
-        connection.autocommit = True
+        connection = pgdriver.connect(**client_params(self.settings_dict, self.label))
         self.connection = connection
         with connection.cursor() as cursor:
             cursor.execute("SELECT set_config('statement_timeout', %s, false)", (str(STATEMENT_TIMEOUT_MS),))
             for name, value in self.server_settings.items():
                 # tcp_user_timeout needs PostgreSQL 12; Unix sockets ignore all of these.
-                with contextlib.suppress(psycopg2.Error):
+                with contextlib.suppress(pgdriver.Error):
                     cursor.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
         return connection
 
@@ -180,8 +181,10 @@ class PostgresLockElection:
       handlers have ended. If the election session is killed under a live runner
       (``pg_terminate_backend``, an idle-session killer), the next winner of the election lock
       still waits for the fence lock, which the old runner gives up only once its handlers have
-      stopped: the two never run side by side. When the process dies, both sessions end and
-      failover takes one ``STANDBY_INTERVAL``.
+      stopped: the two never run side by side. If the fence session itself is ended, nothing
+      here can hold the next runner back; the fencing token (``katello_events.fencing``) then
+      keeps the old one from committing. When the process dies, both sessions end and failover
+      takes one ``STANDBY_INTERVAL``.
     """
 
     def __init__(

@@ -1,7 +1,8 @@
 """PostgreSQL LISTEN/NOTIFY wake-ups for the event queue consumer.
 
-A dedicated psycopg2 connection in autocommit, outside Django's connection handling (so
-``CONN_MAX_AGE``, request signals and pooling never touch it), waited on with ``select()``.
+A dedicated autocommit connection (``katello_events.pgdriver``: psycopg 3 or psycopg2), outside
+Django's connection handling (so ``CONN_MAX_AGE``, request signals and pooling never touch it),
+waited on with ``select()``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ from __future__ import annotations
 import select
 from typing import Any
 
-import psycopg2
-from psycopg2 import sql
-
 from katello_events.libpq import libpq_params
+from katello_events.pgdriver import NotifyConnection
 
 __all__ = ["NotifyListener", "libpq_params"]  # libpq_params moved to katello_events.libpq
 
@@ -21,27 +20,17 @@ class NotifyListener:
     """LISTENs on ``channel``; :meth:`wait` returns True when a notification arrived."""
 
     def __init__(self, settings_dict: dict[str, Any], channel: str) -> None:
-        self._connection = psycopg2.connect(**libpq_params(settings_dict))
-        self._connection.autocommit = True
-        with self._connection.cursor() as cursor:
-            cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        self._connection = NotifyConnection(libpq_params(settings_dict), channel)
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True when notified (raises if the connection died)."""
-        self._connection.poll()
-        if self._drain():
+        # Everything already received counts: several notifications make one wake-up.
+        if self._connection.take():
             return True
         readable, _, _ = select.select([self._connection], [], [], timeout)
         if not readable:
             return False
-        self._connection.poll()
-        return self._drain()
-
-    def _drain(self) -> bool:
-        notified = bool(self._connection.notifies)
-        self._connection.notifies.clear()
-        return notified
+        return bool(self._connection.take())
 
     def close(self) -> None:
-        if not self._connection.closed:
-            self._connection.close()
+        self._connection.close()
