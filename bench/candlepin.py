@@ -9,12 +9,16 @@ prefetch (100), heart-beats and ``ack: client-individual``:
 
 - raw stomp.py: acks each frame inside stomp.py's receiver thread (``on_message``), nothing else:
   the fastest a client-individual consumer goes here;
-- katello_events: a real :class:`CandlepinHandler` with a no-op ``@message_handler``: frames
-  handed to its thread, parsed, dispatched (the handler runs in a transaction), acked, counted.
+- katello_events: a real :class:`CandlepinHandler` with a no-op ``@message_handler``, fenced as
+  under a runner: frames handed to its thread, parsed, run in bursts (one transaction per burst,
+  which first checks the runner's fence row ``FOR SHARE``), acked once committed, counted.
 
 Prints messages/s of each, per round and the median, and the ratio (target: at least 0.7).
-Needs the broker of ``CANDLEPIN_BROKER_URL`` (default RabbitMQ on localhost) and PostgreSQL
-(only connected to: the no-op handler's transaction sends no query).
+Needs the broker of ``CANDLEPIN_BROKER_URL`` (default RabbitMQ on localhost) and PostgreSQL:
+by default the database ``katello_events_bench``, created if missing and migrated, whose fence
+row the listener checks. With ``DATABASE_URL`` set, that database is used as it is; without a
+fence table there (not migrated), or with ``--unfenced``, the listener runs unfenced, as outside
+a runner (no query at all for a no-op handler).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "example_project")]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
-# Nothing is written: any existing database will do for the handler's (empty) transactions.
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+DATABASE = "katello_events_bench"
+#: Whether the database is this bench's own (created and migrated here) or one given by the caller.
+OWN_DATABASE = "DATABASE_URL" not in os.environ
+os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DATABASE}")
 
 import django  # noqa: E402
 import stomp  # noqa: E402
@@ -135,8 +141,40 @@ def raw_consumer(settings, count: int) -> float:
     return elapsed
 
 
-def our_listener(count: int) -> float:
-    """Seconds for a real CandlepinHandler to drain ``count`` messages (and the marker)."""
+def prepare_database() -> None:
+    """Create the bench's own database if missing, and migrate it (it holds the fence row)."""
+    from django.core.management import call_command
+
+    from katello_events import pgdriver
+
+    admin = pgdriver.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE])
+        if cursor.fetchone() is None:
+            cursor.execute(f'CREATE DATABASE "{DATABASE}"')
+    admin.close()
+    call_command("migrate", verbosity=0)
+
+
+def bench_fence():
+    """A runner's term in the database, as the supervisor hands it to handlers; None (unfenced)
+    when the database has no fence table."""
+    from django.db import DatabaseError, connection
+
+    from katello_events.fencing import Fence, take_epoch
+
+    try:
+        epoch = take_epoch("bench", os.getpid(), lock_timeout=5.0)
+    except DatabaseError:
+        return None
+    finally:
+        connection.close()  # the listener's thread opens its own
+    return Fence(epoch)
+
+
+def our_listener(count: int, fence=None) -> float:
+    """Seconds for a real CandlepinHandler to drain ``count`` messages (and the marker); with
+    ``fence`` (a ``katello_events.fencing.Fence``), it checks it as under a runner."""
     from katello_events.handlers.base import HandlerStats
     from katello_events.handlers.candlepin import CandlepinHandler
     from katello_events.registry import message_handlers
@@ -154,6 +192,8 @@ def our_listener(count: int) -> float:
     stats = HandlerStats()
     options = {"BROKER_URL": BROKER_URL, "DESTINATION": DESTINATION, "PREFETCH": PREFETCH, "HEARTBEATS": HEARTBEATS}
     handler = CandlepinHandler("candlepin_events", options, stats)
+    if fence is not None:
+        handler.fence = fence
     thread = threading.Thread(target=handler.run, name="katello-events:candlepin_events")
     started = time.perf_counter()
     thread.start()
@@ -174,12 +214,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--unfenced", action="store_true", help="run the listener as outside a runner")
     args = parser.parse_args()
     django.setup()
     from katello_events.candlepin.settings import parse_options
 
+    if OWN_DATABASE and not args.unfenced:
+        prepare_database()
+    fence = None if args.unfenced else bench_fence()
     settings = parse_options({"BROKER_URL": BROKER_URL})
-    print(f"{args.messages} persistent messages per drain, prefetch {PREFETCH}, broker {settings.brokers[0]}")
+    fencing = f"fenced (epoch {fence.epoch})" if fence else "unfenced"
+    print(f"{args.messages} messages per drain, prefetch {PREFETCH}, broker {settings.brokers[0]}, {fencing}")
     leftovers = purge(settings)
     if leftovers:
         print(f"(removed {leftovers} messages an earlier run left in {DESTINATION})")
@@ -189,7 +234,7 @@ def main() -> None:
         order = [("raw", raw_rates), ("ours", our_rates)]
         for name, rates in order if round_number % 2 else reversed(order):
             fill(settings, args.messages)
-            seconds = raw_consumer(settings, args.messages) if name == "raw" else our_listener(args.messages)
+            seconds = raw_consumer(settings, args.messages) if name == "raw" else our_listener(args.messages, fence)
             rates.append((args.messages + 1) / seconds)
         print(
             f"round {round_number}: raw stomp.py {raw_rates[-1]:8.0f} msg/s   katello_events {our_rates[-1]:8.0f} msg/s"

@@ -320,7 +320,7 @@ def stomp_rates(messages: int, rounds: int) -> tuple[float, float]:
             seconds = (
                 bench_candlepin.raw_consumer(settings, messages)
                 if name == "raw"
-                else bench_candlepin.our_listener(messages)
+                else bench_candlepin.our_listener(messages, bench_candlepin.bench_fence())
             )
             rates.append((messages + 1) / seconds)
     return statistics.median(raw), statistics.median(ours)

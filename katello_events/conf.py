@@ -70,8 +70,9 @@ DEFAULTS: dict[str, Any] = {
     # Memory watchdog: megabytes of resident memory (RSS) above which the runner hands over
     # (handlers finish the unit in hand, the lock is released, a standby takes over). None: off.
     "MAX_RSS_MB": None,
-    # After a handover, ask the server to recycle this process (gunicorn: a graceful exit of the
-    # worker; run_event_daemon exits in any case). The process never competes again either way.
+    # After a handover (memory, a stalled handler), ask the server to recycle this process
+    # (gunicorn: a graceful exit of the worker; run_event_daemon exits in any case). The process
+    # never competes again either way.
     "RECYCLE_ON_HANDOVER": True,
     # Who sees error texts, hostnames and pids in /api/ping and on /about/:
     # "staff" (authenticated staff users), "authenticated", "everyone" or "nobody".

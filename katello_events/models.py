@@ -62,6 +62,11 @@ class Event(models.Model):
     run_after = models.DateTimeField(db_default=Now(), help_text="Not handled before this time (delay, backoff).")
     attempts = models.IntegerField(default=0, help_text="Failed attempts so far.")
     last_error = models.TextField(blank=True)
+    attempt_started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while a careful attempt runs; still set afterwards: the runner died during it.",
+    )
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
 
@@ -78,3 +83,25 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type}:{self.object_id} ({self.state})"
+
+
+class RunnerFence(models.Model):
+    """The fencing token: the epoch of the current runner's term (one row, ``name = "runner"``).
+
+    Incremented by every runner when it takes the role; every transaction that commits handled
+    work checks it first (``katello_events.fencing``), so a runner that lost the role without
+    knowing it cannot commit anything after its successor started.
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    epoch = models.BigIntegerField(default=0)
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    taken_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "katello_events_fence"
+        verbose_name = "runner fence"
+
+    def __str__(self) -> str:
+        return f"{self.name} epoch {self.epoch}"

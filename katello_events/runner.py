@@ -13,11 +13,12 @@ from django.db import connections
 
 from katello_events.conf import get_config, handler_specs
 from katello_events.election import Election, make_election
+from katello_events.fencing import Deposed, Fence, take_epoch
 from katello_events.handlers.base import describe_error
 from katello_events.memory import current_rss_mb
 from katello_events.redaction import get_logger
 from katello_events.status.depth_warnings import QueueDepthMonitor
-from katello_events.status.store import RunnerIdentity, StatusStore
+from katello_events.status.store import HELD_UNTIL_EXIT, RunnerIdentity, StatusStore
 from katello_events.supervisor import Supervisor
 
 logger = get_logger(__name__)
@@ -36,14 +37,19 @@ class Runner:
       it still holds the lock (fencing), restarts crashed handlers and writes the heartbeat.
     - :meth:`stop` (any thread, idempotent) ends the loop: handlers finish the unit in hand
       (bounded by ``STOP_TIMEOUT``), the rows say "not running", and only then is the lock
-      released, so two runners never overlap.
+      released, so a standby of this host never starts beside them (and the fencing token keeps
+      a runner that lost the role without knowing it from committing anything).
     - Winning the lock but failing to start (tables not migrated, a bad handler path) releases
       the lock at once and competes again after ``START_RETRY_DELAY``: a broken process never
       blocks failover.
-    - Memory watchdog (``MAX_RSS_MB``): above the limit at a heartbeat, the runner steps down
-      like a stop, records the handover in the status rows, retires (this process never competes
-      again: its memory is the problem) and, with ``RECYCLE_ON_HANDOVER``, calls ``on_handover``
-      with the reason so the server can recycle the process.
+    - Fencing token: on winning, the runner takes a new epoch (``katello_events.fencing``)
+      before it claims the rows; its handlers and heartbeats check it in every committing
+      transaction. A heartbeat that finds it superseded (deposed) steps down without writing.
+    - Memory watchdog (``MAX_RSS_MB``) and stalls (a handler with no progress for
+      ``STALL_TIMEOUT``): the runner steps down like a stop, records the reason in the status
+      rows, retires (this process never competes again: its memory, or a thread that cannot be
+      killed, is the problem) and, with ``RECYCLE_ON_HANDOVER``, calls ``on_handover`` with the
+      reason so the server can recycle the process. A stuck thread keeps the lock until then.
     """
 
     def __init__(
@@ -72,6 +78,8 @@ class Runner:
         #: The reason of a memory handover: the control loop ended and never competes again.
         self.retired: str | None = None
         self._handover: str | None = None
+        self._deposed = False
+        self._last_snapshots: list = []
 
     # -- public lifecycle ----------------------------------------------------------------------
 
@@ -127,19 +135,23 @@ class Runner:
             specs = handler_specs(self.config)
             store = StatusStore(self.identity, list(specs))
             supervisor = Supervisor(specs, self.config)
-            store.claim()
+            fence = self._new_term(store)
+            supervisor.use_fence(fence)
         except Exception as exc:
             self._complain(f"won the election but could not start the handlers: {describe_error(exc)}")
             self.election.release()
             connections.close_all()
             return False
         self._last_complaint = None
+        self._deposed = False
         self.supervisor = supervisor
         self.leading.set()
         logger.info(
-            "this process is now the katello_events runner (%s)",
+            "this process is now the katello_events runner (%s, epoch %s%s)",
             self.election.describe(),
-            extra={"pid": self.identity.pid, "handlers": list(specs)},
+            fence.epoch,
+            ", after an unclean end of the previous runner" if fence.after_unclean_end else "",
+            extra={"pid": self.identity.pid, "handlers": list(specs), "epoch": fence.epoch},
         )
         try:
             self._supervise_until_stopped(supervisor, store)
@@ -150,10 +162,20 @@ class Runner:
             self._step_down(supervisor, store)
         return True
 
+    def _new_term(self, store: StatusStore) -> Fence:
+        """Take a new epoch, then claim the rows: from here on a deposed runner commits nothing.
+
+        The epoch waits (up to ``STOP_TIMEOUT``) for a deposed runner's batch in flight to end.
+        """
+        epoch = take_epoch(self.identity.hostname, self.identity.pid, lock_timeout=self.config["STOP_TIMEOUT"])
+        fence = Fence(epoch)
+        store.fence = fence
+        return Fence(epoch, after_unclean_end=store.claim())
+
     def _supervise_until_stopped(self, supervisor: Supervisor, store: StatusStore) -> None:
         supervisor.supervise()
         self._heartbeat(supervisor, store)
-        while not self._stop_requested.wait(self.config["HEARTBEAT_INTERVAL"]):
+        while not self._deposed and not self._stop_requested.wait(self.config["HEARTBEAT_INTERVAL"]):
             if not self.election.still_held():
                 logger.error("the election lock was lost (%s); stepping down", self.election.describe())
                 return
@@ -163,6 +185,12 @@ class Runner:
                 return
             supervisor.supervise()
             self._heartbeat(supervisor, store)
+            self._handover = supervisor.stall(self._last_snapshots)
+            if self._handover:
+                # The status already says so (the heartbeat above); the stuck thread cannot be
+                # killed, so the process must go: hand over and ask to be recycled.
+                logger.error("%s; stepping down to be recycled", self._handover, extra={"pid": self.identity.pid})
+                return
 
     def _memory_exceeded(self) -> str | None:
         """The handover reason when this process's RSS is above ``MAX_RSS_MB``, else None."""
@@ -173,10 +201,13 @@ class Runner:
         return f"handed over: RSS {rss:.0f} MB above MAX_RSS_MB {limit:g}" if rss > limit else None
 
     def _heartbeat(self, supervisor: Supervisor, store: StatusStore) -> None:
-        snapshots = supervisor.snapshots()
+        snapshots = self._last_snapshots = supervisor.snapshots()
         self._depth_monitor.observe(snapshots)
         try:
             store.heartbeat(snapshots)
+        except Deposed as exc:
+            logger.error("another runner has taken the role (%s); stepping down", exc, extra={"pid": self.identity.pid})
+            self._deposed = True
         except Exception as exc:
             # The handlers report their own database trouble; the counters stay pending here
             # and are flushed by the first heartbeat that gets through. Logged once per outage.
@@ -196,9 +227,10 @@ class Runner:
         # A Python thread cannot be killed. Releasing the lock beside a handler still running
         # here could let a second runner start, so a wedged runner keeps the lock until this
         # process exits, and says so in the status rows and the log.
-        problem = None if stopped else "handlers did not stop; the runner lock is held until this process exits"
+        problem = None if stopped else self._wedged_problem()
         try:
-            store.release(supervisor.snapshots(), problem=problem, handover=self._handover)
+            if not self._deposed:  # the rows are the successor's now
+                store.release(supervisor.snapshots(), problem=problem, handover=self._handover)
         except Exception as exc:  # the lock must be handled below whatever happened here
             logger.warning("could not mark the handlers stopped: %s", describe_error(exc))
         finally:
@@ -210,15 +242,21 @@ class Runner:
             logger.info("this process is no longer the katello_events runner", extra={"pid": self.identity.pid})
         else:
             logger.critical(problem)
-        if self._handover:
-            self._retire(self._handover)
+        if self._handover or (self.wedged and not self._stop_requested.is_set()):
+            # Stepped down on its own (memory, a stall, a lost lock with a stuck handler):
+            # this process is of no more use as a candidate and should be replaced.
+            self._retire(self._handover or problem or "")
+
+    def _wedged_problem(self) -> str:
+        reason = f"{self._handover}; " if self._handover else ""
+        return f"{reason}handlers did not stop; {HELD_UNTIL_EXIT}"
 
     def _retire(self, reason: str) -> None:
-        """After a memory handover: never compete again here, and ask for a recycle if configured."""
+        """After a handover: never compete again here, and ask for a recycle if configured."""
         self.retired = reason
         if not (self.config.get("RECYCLE_ON_HANDOVER", True) and self.on_handover):
             logger.warning(
-                "this process no longer competes for the runner role (%s); recycle it to free its memory",
+                "this process no longer competes for the runner role (%s); recycle it",
                 reason,
                 extra={"pid": self.identity.pid},
             )

@@ -10,7 +10,8 @@ from typing import Any
 from django.db import connections
 from django.utils.module_loading import import_string
 
-from katello_events.handlers.base import Handler, HandlerState, HandlerStats, describe_error
+from katello_events.fencing import UNFENCED, Fence
+from katello_events.handlers.base import STALLED, Handler, HandlerState, HandlerStats, describe_error
 from katello_events.redaction import get_logger, redact
 
 logger = get_logger(__name__)
@@ -51,6 +52,8 @@ class HandlerSlot:
         self._backoff_max = float(config["RESTART_BACKOFF_MAX"])
         self._stall_timeout = float(config["STALL_TIMEOUT"])
         self._backoff = self._backoff_initial
+        #: The runner's term, handed to every instance before it runs (see katello_events.fencing).
+        self.fence: Fence = UNFENCED
 
     # -- thread management (runner's control thread only) ----------------------------------
 
@@ -64,6 +67,7 @@ class HandlerSlot:
             logger.exception("handler %s could not be created", self.name, extra={"handler": self.name})
             self._schedule_restart(time.monotonic())
             return
+        self.handler.fence = self.fence
         self.thread = threading.Thread(
             target=self._thread_main, args=(self.handler,), name=f"katello-events:{self.name}", daemon=True
         )
@@ -135,9 +139,9 @@ class HandlerSlot:
             problem = f"restarting in {wait:.0f}s after: {self.last_error or 'thread ended'}"
         elif running and state and time.monotonic() - state.last_tick > self._stall_timeout:
             # A Python thread cannot be killed; starting a second one would run the handler
-            # twice. Say so loudly instead.
+            # twice. Say so loudly instead; the runner then hands over (see Runner).
             running = False
-            problem = f"stalled: no progress for over {self._stall_timeout:.0f}s"
+            problem = self._stall_problem(state)
         return SlotSnapshot(
             name=self.name,
             running=running,
@@ -148,6 +152,12 @@ class HandlerSlot:
             crashes=self.crashes,
             last_error=self.last_error,
         )
+
+    def _stall_problem(self, state: HandlerState) -> str:
+        age = time.monotonic() - state.last_tick
+        what = describe_handling(state.details.get("handling"))
+        during = f" while handling {what}" if what else ""
+        return f"{STALLED}: no progress for {age:.1f}s{during} (STALL_TIMEOUT {self._stall_timeout:g}s)"
 
     def _handler_state(self) -> tuple[HandlerState | None, str | None]:
         handler = self.handler
@@ -167,6 +177,18 @@ class Supervisor:
         self.slots = [HandlerSlot(name, s["BACKEND"], s["OPTIONS"], config) for name, s in specs.items()]
         self._stopping = False
 
+    def use_fence(self, fence: Fence) -> None:
+        """Hand the runner's term to every handler instance started from now on."""
+        for slot in self.slots:
+            slot.fence = fence
+
+    def stall(self, snapshots: list[SlotSnapshot]) -> str | None:
+        """The first stalled slot of ``snapshots``, as a reason to hand over; None if none is."""
+        for snap in snapshots:
+            if snap.problem and snap.problem.startswith(STALLED):
+                return f"{STALLED}: handler {snap.name} made {snap.problem.removeprefix(STALLED + ': ')}"
+        return None
+
     def supervise(self) -> None:
         for slot in self.slots:
             slot.supervise(self._stopping)
@@ -185,3 +207,14 @@ class Supervisor:
             alive = [slot.name for slot in self.slots if slot.is_alive()]
             logger.error("handlers %s did not stop within %.1fs", alive, timeout, extra={"handlers": alive})
         return stopped
+
+
+def describe_handling(handling: Any) -> str | None:
+    """What a handler says it is working on (its ``details()["handling"]``), in a few words."""
+    if not isinstance(handling, dict):
+        return None
+    if handling.get("event_type"):
+        return f"event {handling['event_type']}:{handling.get('object_id')} since {handling.get('since')}"
+    if handling.get("subject"):
+        return f"message {handling['subject']} ({handling.get('message_id')}) since {handling.get('since')}"
+    return None

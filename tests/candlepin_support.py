@@ -134,6 +134,28 @@ def send(destination: str, messages: list[tuple[dict[str, str], bytes | str]]) -
         connection.disconnect()
 
 
+def leave_unacked(destination: str, count: int) -> None:
+    """Take ``count`` messages with a consumer that goes away without acking them: the broker then
+    delivers them again, ``redelivered: true`` (and, on RabbitMQ, under a new ``message-id``)."""
+    connection = stomp.Connection12([(HOST, PORT)], vhost="/", auto_decode=False)
+    received: list[str] = []
+
+    class Taker(stomp.ConnectionListener):
+        def on_message(self, frame) -> None:
+            received.append(frame.headers["message-id"])
+
+    connection.set_listener("taker", Taker())
+    connection.connect("guest", "guest", wait=True)
+    try:
+        connection.subscribe(destination, id="taker", ack="client-individual")
+        deadline = time.monotonic() + 30
+        while len(received) < count:
+            assert time.monotonic() < deadline, f"only {len(received)} of {count} messages came"
+            time.sleep(0.02)
+    finally:
+        connection.disconnect(receipt=uuid.uuid4().hex)  # the broker has taken them back when this returns
+
+
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
     result = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
@@ -149,6 +171,16 @@ def messages_in_queue(destination: str) -> int:
     """Ready plus unacked messages of a /queue/ destination, as RabbitMQ counts them."""
     name = destination.removeprefix("/queue/")
     for line in rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages").splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == name:
+            return int(fields[1])
+    return 0
+
+
+def consumers_of(destination: str) -> int:
+    """Consumers subscribed to a /queue/ destination, as RabbitMQ counts them."""
+    name = destination.removeprefix("/queue/")
+    for line in rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "consumers").splitlines():
         fields = line.split()
         if len(fields) == 2 and fields[0] == name:
             return int(fields[1])
@@ -212,13 +244,15 @@ FAST = {"BROKER_URL": BROKER_URL, "RECONNECT_BACKOFF": 0.1, "RECONNECT_BACKOFF_M
 FAST_QUEUE = {"POLL_INTERVAL": 0.2, "RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 0.2, "STATS_INTERVAL": 0.1}
 
 
-def run_listener(runners, lock_file, destination: str, *, event_queue: dict | None = None, **options: Any):
-    """An in-process runner with the listener on ``destination`` (and the event queue if given)."""
+def run_listener(runners, lock_file, destination: str, *, event_queue: dict | bool = True, **options: Any):
+    """An in-process runner with the listener on ``destination`` and the event queue, which runs
+    the messages the listener stores (failed and redelivered ones): FAST_QUEUE updated with
+    ``event_queue`` when it is a dict; no event queue when it is False."""
     from tests.conftest import make_runner, start
 
     handlers = {"candlepin_events": (LISTENER, {**FAST, "DESTINATION": destination, **options})}
-    if event_queue is not None:
-        handlers["katello_events"] = (QUEUE, {**FAST_QUEUE, **event_queue})
+    if event_queue is not False:
+        handlers["katello_events"] = (QUEUE, {**FAST_QUEUE, **(event_queue if isinstance(event_queue, dict) else {})})
     return start(runners, make_runner(lock_file, handlers))
 
 

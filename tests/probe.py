@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from katello_events.handlers.base import Handler
@@ -56,6 +57,18 @@ class StallingHandler(Handler):
         self.tick()
         while not self.stopping:
             self.sleep(0.05)  # alive, but never ticks again
+
+
+#: Set by tests to let BlockedHandler's thread end (a real stuck thread would never end).
+RELEASE = threading.Event()
+
+
+class BlockedHandler(Handler):
+    """Ticks once, then blocks and ignores stop(): a handler call that never returns."""
+
+    def run(self) -> None:
+        self.tick()
+        RELEASE.wait()
 
 
 class CountingHandler(Handler):

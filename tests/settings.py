@@ -26,6 +26,10 @@ DATABASES["default"]["TEST"] = {  # noqa: F405
     "NAME": os.environ.get("KATELLO_EVENTS_TEST_DB") or f"test_katello_events_{os.getpid()}",
 }
 
+# A second alias on the same test database, for the test of a router that moves the event queue
+# (tests/test_careful_tries.py); only tests that ask for it may use it.
+DATABASES["queue"] = {**DATABASES["default"], "TEST": {"MIRROR": "default"}}  # noqa: F405
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast user creation
 
 KATELLO_EVENTS = {
@@ -36,6 +40,21 @@ KATELLO_EVENTS = {
     "STANDBY_INTERVAL": 0.1,
     "STOP_TIMEOUT": 5.0,
 }
+# Poison tests (tests/test_poison.py) shorten the stall timeout and the retry policy.
+if os.environ.get("KATELLO_EVENTS_STALL_TIMEOUT"):
+    KATELLO_EVENTS["STALL_TIMEOUT"] = float(os.environ["KATELLO_EVENTS_STALL_TIMEOUT"])
+if os.environ.get("KATELLO_EVENTS_MAX_ATTEMPTS"):
+    KATELLO_EVENTS["HANDLERS"] = {
+        **KATELLO_EVENTS["HANDLERS"],
+        "katello_events": {
+            **KATELLO_EVENTS["HANDLERS"]["katello_events"],
+            "OPTIONS": {
+                **KATELLO_EVENTS["HANDLERS"]["katello_events"].get("OPTIONS", {}),
+                "MAX_ATTEMPTS": int(os.environ["KATELLO_EVENTS_MAX_ATTEMPTS"]),
+                "RETRY_BACKOFF": float(os.environ.get("KATELLO_EVENTS_RETRY_BACKOFF", "1")),
+            },
+        },
+    }
 if os.environ.get("KATELLO_EVENTS_PROBE_LOG"):
     KATELLO_EVENTS["HANDLERS"] = {
         **KATELLO_EVENTS["HANDLERS"],

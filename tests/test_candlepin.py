@@ -7,17 +7,27 @@ Each test has a destination of its own; messages are sent persistent, as Candlep
 from __future__ import annotations
 
 import json
+import os
+import threading
+from datetime import datetime
 
 import pytest
-from django.db import OperationalError
+from django.db import OperationalError, connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from katello_events.candlepin import dispatch
 from katello_events.candlepin.dispatch import MESSAGE_EVENT
+from katello_events.fencing import Fence, take_epoch
+from katello_events.handlers.base import HandlerStats
+from katello_events.handlers.candlepin import DEPOSED, CandlepinHandler
 from katello_events.models import Event
+from katello_events.testing import drain_events
 from tests.candlepin_support import (
+    FAST,
     SUBJECTS,
+    consumers_of,
+    leave_unacked,
     messages_in_queue,
     problem,
     run_listener,
@@ -116,11 +126,13 @@ def test_a_stored_message_runs_again_with_its_subject_body_and_event_data(runner
     wait_for(lambda: not Event.objects.exists(), 10, "the stored message is gone once handled")
 
 
-def test_a_slow_handler_does_not_hold_back_the_ack_of_the_message_before(runners, lock_file, destination):
+def test_a_slow_handler_does_not_hold_back_the_commit_and_ack_of_the_message_before(runners, lock_file, destination):
+    # Both wait in one burst; the burst's transaction ends once it has run ACK_DELAY.
     send(destination, [subject_message("testing.record", sleep=0.1), subject_message("testing.record", sleep=3)])
     run_listener(runners, lock_file, destination)
-    wait_for(lambda: Handling.objects.count() == 2, 10, "the second handler is running")
+    wait_for(lambda: Handling.objects.count() == 1, 10, "the first committed while the second handler runs")
     wait_for(lambda: messages_in_queue(destination) == 1, 2.5, "the first is acked meanwhile", interval=0.2)
+    wait_for(lambda: Handling.objects.count() == 2, 10, "the second committed once done")
     wait_for(lambda: messages_in_queue(destination) == 0, 10, "the second is acked once done", interval=0.3)
 
 
@@ -138,7 +150,7 @@ def test_a_handler_that_breaks_its_database_connection_still_gets_its_message_st
     runners, lock_file, destination, caplog
 ):
     send(destination, [subject_message("testing.lose_connection"), subject_message("pool.created")])
-    runner = run_listener(runners, lock_file, destination)
+    runner = run_listener(runners, lock_file, destination, event_queue=False)  # the stored message stays put
     wait_for(lambda: Handling.objects.count() == 1, 10, "the next message handled on a fresh connection")
     assert Event.objects.get().metadata["subject"] == "testing.lose_connection"
     assert snapshot(runner).counters["deferred"] == 1
@@ -258,3 +270,92 @@ def test_a_database_outage_while_storing_leaves_the_message_to_the_broker(runner
     stored = wait_for(lambda: Event.objects.first(), 20, "stored once the database is back")
     assert stored.metadata["headers"]["redelivered"] == "true"
     wait_for(lambda: snapshot(runner).running and problem(runner) is None, 10, "the problem clears by itself")
+
+
+# -- poison: what a handler raises, what was delivered before --------------------------------------
+
+
+def test_a_base_exception_from_a_handler_fails_its_message_and_never_the_listener(runners, lock_file, destination):
+    send(destination, [subject_message("testing.base_exception"), subject_message("pool.created")])
+    runner = run_listener(runners, lock_file, destination, event_queue=False)  # the stored message stays put
+    wait_for(lambda: Handling.objects.count() == 1, 10, "the message after it handled")
+    stored = wait_for(lambda: Event.objects.first(), 10, "the failed message stored for retry")
+    assert (stored.metadata["subject"], stored.state) == ("testing.base_exception", Event.PENDING)
+    state = wait_for(lambda: (s := snapshot(runner)).counters.get("deferred") == 1 and s, 10, "counted")
+    assert state.counters["failed"] == 1 and state.counters["processed"] == 1
+    assert state.running and state.crashes == 0 and state.problem is None
+    wait_for(lambda: messages_in_queue(destination) == 0, 20, "both acked", interval=0.5)
+
+
+def test_a_redelivered_message_goes_through_the_event_queue_and_the_next_ones_keep_flowing(
+    runners, lock_file, destination
+):
+    again, after = subject_message("testing.record"), subject_message("testing.record")
+    send(destination, [again])
+    leave_unacked(destination, 1)  # a consumer took it and went away: the broker delivers it again
+    send(destination, [after])
+    runner = run_listener(runners, lock_file, destination, event_queue=False)
+    wait_for(lambda: records(uid_of(after)), 10, "the next message handled directly")
+    stored = Event.objects.get()
+    assert stored.metadata["body"]["id"] == uid_of(again) and stored.metadata["headers"]["redelivered"] == "true"
+    assert not records(uid_of(again)), "the redelivered message was not handled by the listener"
+    state = wait_for(lambda: (s := snapshot(runner)).counters.get("redelivered") == 1 and s, 10, "counted")
+    assert state.counters["failed"] == 0 and state.counters["processed"] == 1
+    wait_for(lambda: messages_in_queue(destination) == 0, 20, "acked once stored", interval=0.5)
+    # The event queue runs it, under its retry and poison rules.
+    drain_events()
+    [run] = records(uid_of(again))
+    assert run.metadata["redelivered"] and not Event.objects.exists()
+
+
+def test_the_message_in_hand_is_named_in_the_details(runners, lock_file, destination):
+    send(destination, [subject_message("testing.record", sleep=2)])
+    runner = run_listener(runners, lock_file, destination)
+    handling = wait_for(lambda: snapshot(runner).details.get("handling"), 10, "the handler is running")
+    assert handling["subject"] == "testing.record" and handling["message_id"].startswith("T_")
+    assert datetime.fromisoformat(handling["since"]).tzinfo is not None
+    wait_for(lambda: status_row().details.get("handling"), 10, "in the status row too")
+    wait_for(lambda: snapshot(runner).details.get("handling") is None, 10, "nothing in hand once done")
+
+
+# -- fencing ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fenced_listener(destination):
+    """A listener in a thread of its own, holding the runner's term taken now (no runner around it,
+    so nothing else reacts when the term ends)."""
+    handler = CandlepinHandler("candlepin_events", {**FAST, "DESTINATION": destination}, HandlerStats())
+    handler.fence = Fence(take_epoch("test", os.getpid(), lock_timeout=5))
+
+    def run() -> None:
+        try:
+            handler.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name="katello-events:candlepin_events", daemon=True)
+    thread.start()
+    yield handler
+    handler.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_deposed_listener_acks_nothing_drops_the_connection_and_consumes_no_more(fenced_listener, destination):
+    handler = fenced_listener
+    send(destination, [subject_message("testing.record")])
+    wait_for(lambda: Handling.objects.count() == 1, 10, "handled while its runner holds the role")
+    wait_for(lambda: messages_in_queue(destination) == 0, 20, "and acked", interval=0.3)
+    take_epoch("successor", os.getpid(), lock_timeout=5)  # another runner takes the role
+    later = [subject_message("testing.record") for _ in range(3)]
+    send(destination, later)
+    wait_for(lambda: handler.status().problem == DEPOSED, 10, "reported")
+    assert handler.details()["broker"] is None, "the connection is dropped"
+    wait_for(lambda: consumers_of(destination) == 0, 20, "unsubscribed", interval=0.3)
+    assert messages_in_queue(destination) == 3, "none acked: the broker keeps them for the next runner"
+    # Its loop goes on (it ticks) without consuming again, until its runner stops it.
+    ticked = handler.status().last_tick
+    wait_for(lambda: handler.status().last_tick > ticked + 0.5, 5, "the loop still turns")
+    assert handler.connection is None and consumers_of(destination) == 0
+    assert Handling.objects.count() == 1 and not Event.objects.exists()

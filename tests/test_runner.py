@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import pytest
 
 from katello_events.models import HandlerStatus
+from katello_events.status.report import public_document, service_entry
+from tests import probe
 from tests.conftest import make_runner, start
 from tests.support import lock_holders, wait_for
 
@@ -58,13 +61,40 @@ def test_crashing_handler_is_restarted_with_backoff_and_its_error_redacted(runne
     assert row("count").running  # the healthy neighbour is unaffected
 
 
-def test_stalled_handler_is_reported_not_duplicated(runners, lock_file):
-    runner = start(runners, make_runner(lock_file, {"stall": ("StallingHandler", {})}, STALL_TIMEOUT=0.3))
-    stalled = wait_for(lambda: (r := row("stall")) and not r.running and r, 5, "stall reported")
-    assert stalled.problem.startswith("stalled")
-    assert stalled.restarts == 0
-    assert [t.name for t in __import__("threading").enumerate()].count("katello-events:stall") == 1
-    assert runner.leading.is_set()
+def test_stalled_handler_is_reported_then_handed_over_never_duplicated(runners, lock_file):
+    recycled: list[str] = []
+    runner = make_runner(lock_file, {"stall": ("StallingHandler", {})}, STALL_TIMEOUT=0.3)
+    runner.on_handover = recycled.append
+    start(runners, runner)
+    stalled = wait_for(lambda: (r := row("stall")) and r.problem.startswith("stalled") and r, 5, "stall reported")
+    assert not stalled.running and stalled.restarts == 0
+    assert [t.name for t in threading.enumerate()].count("katello-events:stall") <= 1
+    # The stalled thread answered stop(), so the lock was released and the process retired.
+    wait_for(lambda: runner.finished.is_set(), 10, "the runner stepped down and retired")
+    assert runner.retired.startswith("stalled: handler stall made no progress")
+    assert recycled == [runner.retired]
+    assert not runner.wedged and lock_holders(lock_file) == set()
+
+
+def test_a_handler_that_never_returns_keeps_the_lock_reads_stalled_and_asks_for_a_recycle(runners, lock_file):
+    recycled: list[str] = []
+    runner = make_runner(lock_file, {"blocked": ("BlockedHandler", {})}, STALL_TIMEOUT=0.3, STOP_TIMEOUT=0.3)
+    runner.on_handover = recycled.append
+    try:
+        start(runners, runner)
+        wait_for(lambda: runner.finished.is_set(), 10, "the runner stepped down")
+        assert runner.wedged and recycled and recycled[0].startswith("stalled: handler blocked")
+        assert lock_holders(lock_file) == {os.getpid()}, "no second runner while the thread lives"
+        final = row("blocked")
+        assert not final.running and final.problem.startswith("stalled: handler blocked")
+        assert final.problem.endswith("the runner lock is held until this process exits")
+        entry = service_entry(final, final.heartbeat_at, 10.0, "1")
+        assert (
+            entry["status"] == "FAIL"
+            and public_document({"services": {"b": entry}})["services"]["b"]["message"] == "stalled"
+        )
+    finally:
+        probe.RELEASE.set()
 
 
 def test_handler_that_will_not_stop_keeps_the_lock_until_the_process_ends(runners, lock_file, caplog):

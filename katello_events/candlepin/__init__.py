@@ -5,7 +5,10 @@ them together):
 - ``message``: what a message handler receives, and how a frame's body becomes one;
 - ``connection``: stomp.py glue (one connection, its subscription, acks);
 - ``diagnosis``: why a connection failed, where stomp.py does not say;
-- ``dispatch``: subject -> message handler, and what becomes of a message that fails;
+- ``dispatch``: what becomes of each message: sorted on arrival, then ignored, handled, stored
+  for the event queue (failed, or delivered before) or kept dead;
+- ``recent``: the message ids received lately (a delivery seen before is a redelivery);
+- ``burst``: the messages waiting, run in one fenced transaction, one by one after a failure;
 - ``depth``: the optional queue-depth probe.
 
 Only ``settings`` and ``message`` are safe to import before Django's app registry is ready.

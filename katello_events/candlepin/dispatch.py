@@ -1,41 +1,50 @@
-"""Subject -> message handler, and what becomes of a message that is not simply handled.
+"""What becomes of each message: sorted on arrival, then ignored, handled, stored or kept dead.
 
-:meth:`Dispatcher.dispatch` returns an outcome once the message is safe to ack:
+:meth:`Dispatcher.prepare` sorts a frame into an :class:`Item` of one kind:
+
+- ``run``: a handler is registered for its subject; the burst runner (``burst.py``) calls it;
+- ``ignore``: no handler is registered for its subject;
+- ``store``: it was delivered before (the ``redelivered`` header, or a ``message-id`` this
+  listener has already received): it is not handled here but stored in the durable event queue,
+  whose retry and poison rules then apply, so a message whose handler kills the process cannot
+  make the listener crash-loop;
+- ``malformed``: it cannot be understood (see :class:`MalformedMessage`).
+
+The outcomes, each safe to ack once its transaction has committed:
 
 - ``processed``: its handler returned;
-- ``ignored``: no handler is registered for its subject;
-- ``deferred``: its handler raised; the message is stored in the durable event queue as a
-  ``candlepin.message`` event, so the queue's retry, backoff and dead rules apply to it;
-- ``retry_later``: its handler raised :class:`RetryLater`; stored the same way, due after the
-  delay it asked for (not a failure);
-- ``dead``: it cannot be understood (see :class:`MalformedMessage`) or cannot be stored for
-  retry; it is kept as a dead event with its headers and a bounded copy of its body;
+- ``ignored``: no handler;
+- ``redelivered``: stored as a ``candlepin.message`` event without being handled here;
+- ``deferred``: its handler raised; stored the same way for the event queue to retry;
+- ``retry_later``: its handler raised :class:`RetryLater`; stored, due after the delay it asked
+  for (not a failure);
+- ``dead``: malformed, or it could not be stored for retry; kept as a dead event with its
+  headers and a bounded copy of its body;
 - ``dropped``: not even that could be written (the database refused the row itself): logged.
 
-It raises :class:`StoreUnavailable` when the database is away: the message must not be acked
-then, and the broker will deliver it again.
+Every write here runs in a savepoint of the caller's transaction (the burst's, fenced), so a
+refused row leaves that transaction usable, and is logged only once it commits.
+:class:`StoreUnavailable` is raised when the database is away: nothing may be acked then, and the
+broker will deliver the messages again.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from django.db import (
-    DEFAULT_DB_ALIAS,
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    ProgrammingError,
-    connections,
-)
+from django.db import DatabaseError, InterfaceError, OperationalError, ProgrammingError, connections, transaction
 
 from katello_events.candlepin.message import CandlepinMessage, MalformedMessage, parse_message, subject_of
+from katello_events.candlepin.recent import RecentIds
 from katello_events.event_queue.push import MAX_OBJECT_ID_LENGTH, push_event
 from katello_events.event_queue.types import QueuedEvent, RetryLater
+from katello_events.fencing import queue_alias
 from katello_events.handlers.base import describe_error
 from katello_events.models import Event
 from katello_events.redaction import get_logger, redact
@@ -43,7 +52,7 @@ from katello_events.registry import HandlerRegistry, message_handlers
 
 logger = get_logger(__name__)
 
-#: The event type that carries failed and malformed messages in the event queue.
+#: The event type that carries stored (failed, redelivered, malformed) messages in the event queue.
 MESSAGE_EVENT = "candlepin.message"
 #: Longest copy of a message body kept on a dead event (bytes).
 DEAD_BODY_COPY_BYTES = 64 * 1024
@@ -51,39 +60,70 @@ DEAD_BODY_COPY_BYTES = 64 * 1024
 #: Distinct ignored subjects logged at INFO level (the rest at DEBUG), so the set stays small.
 _IGNORED_SUBJECTS_NOTED = 100
 
-PROCESSED, IGNORED, DEFERRED, RETRY_LATER = "processed", "ignored", "deferred", "retry_later"
-DEAD, DROPPED = "dead", "dropped"
+# Kinds of items.
+RUN, IGNORE, STORE, MALFORMED = "run", "ignore", "store", "malformed"
+# Outcomes.
+PROCESSED, IGNORED, REDELIVERED = "processed", "ignored", "redelivered"
+DEFERRED, RETRY_LATER, DEAD, DROPPED = "deferred", "retry_later", "dead", "dropped"
 
 
 class StoreUnavailable(Exception):
-    """The database could not take a message that needs storing; do not ack it."""
+    """The database could not take a message that needs storing (or its transaction); ack nothing."""
+
+    @classmethod
+    def of(cls, error: BaseException) -> StoreUnavailable:
+        if isinstance(error, ProgrammingError):
+            return cls(f"database cannot store messages (migrations applied?): {describe_error(error)}")
+        return cls(f"database unreachable: {describe_error(error)}")
+
+
+@dataclass(slots=True)
+class Item:
+    """One received message, sorted: what the listener does with it (see the module docstring)."""
+
+    kind: str
+    headers: Mapping[str, str]
+    body: bytes
+    message: CandlepinMessage | None = None
+    function: Callable[[CandlepinMessage], Any] | None = None
+    #: Why a malformed message cannot be understood.
+    problem: str = ""
 
 
 class Dispatcher:
-    """Runs one message at a time, in the calling thread, against ``registry``."""
+    """Sorts messages and settles those no handler runs now, in the calling thread."""
 
-    def __init__(self, max_body_bytes: int, registry: HandlerRegistry = message_handlers) -> None:
+    def __init__(
+        self, max_body_bytes: int, registry: HandlerRegistry = message_handlers, recent: RecentIds | None = None
+    ) -> None:
         self.max_body_bytes = max_body_bytes
         self.registry = registry
+        self.recent = recent if recent is not None else RecentIds()
         self._ignored: set[str] = set()
 
-    def dispatch(self, headers: Mapping[str, str], body: bytes) -> str:
-        """Handle one frame's headers and body; the outcome (see the module docstring)."""
+    def prepare(self, headers: Mapping[str, str], body: bytes) -> Item:
+        """Sort one frame's headers and body into an :class:`Item` (no database access)."""
         try:
             message = parse_message(headers, body, self.max_body_bytes)
         except MalformedMessage as exc:
-            return keep_dead(headers, body, f"malformed message: {exc}")
+            return Item(MALFORMED, headers, body, problem=f"malformed message: {exc}")
         function = self.registry.get(message.subject)
         if function is None:
-            self._note_ignored(message.subject)
+            return Item(IGNORE, headers, body, message)
+        # Remembered only when a handler would run it: the only messages a redelivery makes risky.
+        seen = self.recent.seen_before(message.message_id)
+        if seen or message.redelivered:
+            return Item(STORE, headers, body, message)
+        return Item(RUN, headers, body, message, function)
+
+    def settle(self, item: Item) -> str:
+        """The outcome of an item no handler runs now: ignored, stored as redelivered, or kept dead."""
+        if item.kind == IGNORE:
+            self._note_ignored(item.message.subject)
             return IGNORED
-        try:
-            # In autocommit, like a view without ATOMIC_REQUESTS: a transaction per message would
-            # cost three more database-driver calls per message for handlers that need none.
-            function(message)
-        except Exception as exc:
-            return self._defer(message, body, exc)
-        return PROCESSED
+        if item.kind == STORE:
+            return store(item)
+        return keep_dead(item.headers, item.body, item.problem)
 
     def _note_ignored(self, subject: str) -> None:
         # Said once per subject (a forgotten registration shows up), then only at debug level.
@@ -93,33 +133,47 @@ class Dispatcher:
             level = logging.INFO
         logger.log(level, "no message handler for subject %s: such messages are acked and ignored", subject)
 
-    def _defer(self, message: CandlepinMessage, body: bytes, error: Exception) -> str:
-        metadata = {"subject": message.subject, "headers": message.headers, "body": message.body}
-        delay = error.seconds if isinstance(error, RetryLater) else None
-        try:
-            _drop_broken_connection()  # the handler may have failed on (and broken) the connection
+
+def store(item: Item, error: BaseException | None = None) -> str:
+    """Store a parsed message as a ``candlepin.message`` event: redelivered (no ``error``) or
+    failed with ``error``; the outcome. A message the database refuses is kept dead instead."""
+    message = item.message
+    metadata = {"subject": message.subject, "headers": message.headers, "body": message.body}
+    delay = error.seconds if isinstance(error, RetryLater) else None
+    alias = queue_alias()
+    try:
+        with transaction.atomic(using=alias):  # a savepoint: a refused row leaves the caller's transaction usable
             event_id = push_event(MESSAGE_EVENT, message_key(message.headers), metadata, delay=delay)
-        except Exception as exc:
-            if _unavailable(exc):
-                raise StoreUnavailable(_store_problem(exc)) from exc
-            # The database refuses this content (a NUL character, a lone surrogate...): keep it raw.
-            reason = f"handler failed ({describe_error(error)}) and the message cannot be stored for retry"
-            return keep_dead(headers=message.headers, body=body, error=f"{reason}: {describe_error(exc)}")
-        extra = {**_extra(message.headers), "subject": message.subject, "event_id": event_id}
-        if delay is not None:
-            logger.info(
-                "message handler for %s asked to retry in %gs: stored as event #%s",
-                message.subject,
-                delay,
-                event_id,
-                extra=extra,
-            )
-            return RETRY_LATER
-        logger.error(
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise StoreUnavailable.of(exc) from exc
+        # The database refuses this content (a NUL character, a lone surrogate...): keep it raw.
+        reason = f"handler failed ({describe_error(error)})" if error is not None else "redelivered"
+        return keep_dead(item.headers, item.body, f"{reason} and the message cannot be stored: {describe_error(exc)}")
+    extra = {**_extra(message.headers), "subject": message.subject, "event_id": event_id}
+    if error is None:
+        note = functools.partial(
+            logger.info,
+            "message for %s was delivered before: stored as event #%s, the event queue runs it",
+            message.subject, event_id, extra=extra,
+        )  # fmt: skip
+        outcome = REDELIVERED
+    elif delay is not None:
+        note = functools.partial(
+            logger.info,
+            "message handler for %s asked to retry in %gs: stored as event #%s",
+            message.subject, delay, event_id, extra=extra,
+        )  # fmt: skip
+        outcome = RETRY_LATER
+    else:
+        note = functools.partial(
+            logger.error,
             "message handler for %s failed; stored as event #%s for retry: %s",
             message.subject, event_id, describe_error(error), exc_info=error, extra=extra,
         )  # fmt: skip
-        return DEFERRED
+        outcome = DEFERRED
+    transaction.on_commit(note, using=alias)  # said once it is true; a rolled-back burst says nothing
+    return outcome
 
 
 def keep_dead(headers: Mapping[str, str], body: bytes, error: str) -> str:
@@ -132,24 +186,29 @@ def keep_dead(headers: Mapping[str, str], body: bytes, error: str) -> str:
         "body_truncated": len(copy) < len(body),
     }
     error = redact(error)
+    alias = queue_alias()
     try:
-        event = Event.objects.create(
-            event_type=MESSAGE_EVENT,
-            object_id=message_key(headers),
-            metadata=metadata,
-            state=Event.DEAD,
-            attempts=1,
-            last_error=error,
-        )
+        with transaction.atomic(using=alias):  # a savepoint, as in store()
+            event = Event.objects.using(alias).create(
+                event_type=MESSAGE_EVENT,
+                object_id=message_key(headers),
+                metadata=metadata,
+                state=Event.DEAD,
+                attempts=1,
+                last_error=error,
+            )
     except DatabaseError as exc:
-        if _unavailable(exc):
-            raise StoreUnavailable(_store_problem(exc)) from exc
+        if database_unavailable(exc):
+            raise StoreUnavailable.of(exc) from exc
         # Acked anyway: redelivering it would only fail the same way, forever.
         logger.critical(
             "message dropped, it cannot be stored (%s): %s", describe_error(exc), error, extra=_extra(headers)
         )
         return DROPPED
-    logger.error("message kept as dead event #%s: %s", event.id, error, extra={**_extra(headers), "event_id": event.id})
+    extra = {**_extra(headers), "event_id": event.id}
+    transaction.on_commit(
+        functools.partial(logger.error, "message kept as dead event #%s: %s", event.id, error, extra=extra), using=alias
+    )
     return DEAD
 
 
@@ -176,16 +235,11 @@ def message_key(headers: Mapping[str, str]) -> str:
     return key
 
 
-def _storable(text: Any) -> str:
-    # PostgreSQL text and jsonb refuse NUL characters.
-    return str(text).replace("\x00", "\\x00")
-
-
-def _drop_broken_connection() -> None:
-    """Close this thread's connection if a database error left it unusable (as Django does
-    between requests); the next query reconnects."""
-    connection = connections[DEFAULT_DB_ALIAS]
-    if connection.connection is None or not connection.errors_occurred:
+def drop_broken_connection(alias: str) -> None:
+    """Close the thread's connection on ``alias`` if a database error left it unusable (as Django
+    does between requests); the next query reconnects. Cheap when nothing went wrong."""
+    connection = connections[alias]
+    if connection.connection is None or not connection.errors_occurred or connection.in_atomic_block:
         return
     if connection.is_usable():
         connection.errors_occurred = False
@@ -193,15 +247,14 @@ def _drop_broken_connection() -> None:
         connection.close()
 
 
-def _unavailable(exc: BaseException) -> bool:
+def database_unavailable(exc: BaseException) -> bool:
     """The database is away or not ready (as opposed to refusing this one row)."""
     return isinstance(exc, (OperationalError, InterfaceError, ProgrammingError))
 
 
-def _store_problem(exc: BaseException) -> str:
-    if isinstance(exc, ProgrammingError):
-        return f"database cannot store messages (migrations applied?): {describe_error(exc)}"
-    return f"database unreachable: {describe_error(exc)}"
+def _storable(text: Any) -> str:
+    # PostgreSQL text and jsonb refuse NUL characters.
+    return str(text).replace("\x00", "\\x00")
 
 
 def _extra(headers: Mapping[str, str]) -> dict[str, Any]:

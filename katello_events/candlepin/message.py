@@ -100,7 +100,7 @@ def parse_event_data(value: Any) -> Any:
 def load_json(text: str, *, what: str) -> Any:
     """Strict JSON: NaN, Infinity and floats that overflow are refused (the database refuses them)."""
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return _STRICT_JSON.decode(text)
     except RecursionError:
         raise MalformedMessage(f"{what} is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and ints too long to convert
@@ -120,3 +120,7 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text[:40]} is out of range")
     return value
+
+
+#: One decoder for every message: ``json.loads`` with these hooks would build a new one per call.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)

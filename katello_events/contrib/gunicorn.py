@@ -16,13 +16,42 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+import threading
+from typing import Any, NoReturn
+
+#: gunicorn's WORKER_BOOT_ERROR and APP_LOAD_ERROR: a worker exiting with either makes the
+#: arbiter halt the whole server, every worker with it.
+_HALTING_STATUSES = (3, 4)
+#: What a handler thread's os._exit() with one of those statuses becomes.
+GUARDED_EXIT_STATUS = 70
 
 
 def post_worker_init(worker: Any) -> None:
     from katello_events.lifecycle import autostart
 
+    guard_exit_status()
     autostart("gunicorn post_worker_init", recycle=lambda reason: recycle_worker(worker, reason))
+
+
+def guard_exit_status() -> None:
+    """Keep a handler's ``os._exit(3)`` from halting gunicorn (idempotent, this worker only).
+
+    A handler may end its process (that is its own event's problem: the next runner charges the
+    attempt), but it must not stop every worker of the server: outside the main thread, the
+    statuses gunicorn reads as a failed boot become :data:`GUARDED_EXIT_STATUS`. gunicorn's own
+    exits happen in the main thread and keep their meaning.
+    """
+    real_exit = os._exit
+    if getattr(real_exit, "katello_events_guard", False):
+        return
+
+    def guarded_exit(status: int) -> NoReturn:
+        if status in _HALTING_STATUSES and threading.current_thread() is not threading.main_thread():
+            status = GUARDED_EXIT_STATUS
+        real_exit(status)
+
+    guarded_exit.katello_events_guard = True  # type: ignore[attr-defined]
+    os._exit = guarded_exit
 
 
 def worker_exit(server: Any, worker: Any) -> None:

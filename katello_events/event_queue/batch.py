@@ -35,15 +35,23 @@ class Group:
         return [row[0] for row in self.rows]
 
     @property
+    def attempts(self) -> int:
+        """Attempts already made (the most of any of its rows: they are folded on failure)."""
+        rows = self.rows
+        return rows[0][4] if len(rows) == 1 else max(row[4] for row in rows)
+
+    @property
     def newest(self) -> tuple:
-        return max(self.rows, key=operator.itemgetter(0))
+        rows = self.rows
+        return rows[0] if len(rows) == 1 else max(rows, key=operator.itemgetter(0))
 
     def event(self) -> QueuedEvent:
+        rows = self.rows
         newest = self.newest
-        attempts = max(row[4] for row in self.rows)
+        created_at = rows[0][5] if len(rows) == 1 else min(row[5] for row in rows)
         return QueuedEvent(
             id=newest[0], event_type=self.event_type, object_id=self.object_id, metadata=newest[3],
-            attempts=attempts, created_at=min(row[5] for row in self.rows), coalesced=len(self.rows),
+            attempts=self.attempts, created_at=created_at, coalesced=len(rows),
         )  # fmt: skip
 
 

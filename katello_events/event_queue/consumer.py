@@ -6,11 +6,26 @@ handlers run, the rows are deleted, and the commit makes all of it true at once.
 - a runner killed mid-batch changes nothing: PostgreSQL rolls back, the rows are unlocked and
   the next runner takes them at once (and handlers' own database writes roll back with them);
 - nothing is ever marked "in progress", so nothing can be stuck there;
-- when one handler of a batch raises, the batch is rolled back and its groups are run again
-  one by one, each in a transaction of its own, so one failure costs the others nothing.
+- when one handler of a batch raises (anything, ``BaseException`` included), the batch is
+  rolled back, that call counts as its event's failed attempt (retried after the backoff), and
+  the other groups are run again one by one, each in a transaction of its own, so one failure
+  costs the others nothing. A database error is the exception: the batch's own transaction
+  state may have caused it (an earlier handler left it aborted), so that group is run again
+  alone too, uncharged.
 
-Handler errors never escape :meth:`BatchConsumer.process_batch`; database errors (an outage)
-do, with every claimed row left as it was.
+Poison events, whose handler takes the process down (SIGKILL, a segfault, ``os._exit``) or never
+returns, cannot be caught: they are charged by *careful tries* (see docs/event-queue.md,
+"Poison events"). A careful try handles one group alone and commits its attempt, with
+``attempt_started_at`` as a mark, before calling the handler; a try that ends clears the mark,
+so a mark found still set means the runner died during that try. Careful tries are made for
+every group that already has attempts, and for every group of the first batches a runner
+takes after the previous runner ended uncleanly (``Fence.after_unclean_end``): the batch that
+killed it is among them. The normal path writes nothing more.
+
+Every batch transaction checks the runner's fencing token first (``katello_events.fencing``),
+so a deposed runner commits nothing. Handler errors never escape
+:meth:`BatchConsumer.process_batch`; database errors (an outage) and :class:`Deposed` do, with
+every claimed row left as it was.
 """
 
 from __future__ import annotations
@@ -18,17 +33,19 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import time
 import traceback
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Q, Value
 from django.db.models.functions import Now
 
 from katello_events.event_queue.batch import Group, RetryPolicy, group_rows
 from katello_events.event_queue.types import QueuedEvent, RetryLater
+from katello_events.fencing import FENCE_CTE, UNFENCED, Fence, queue_alias
 from katello_events.handlers.base import HandlerStats, describe_error
 from katello_events.models import Event
 from katello_events.redaction import get_logger, redact
@@ -42,16 +59,28 @@ MAX_SWEEP_INTERVAL = 32
 #: Longest traceback text kept on a failed event (characters).
 MAX_ERROR_LENGTH = 4000
 
+#: Batches taken one group at a time, each attempt committed first, after an unclean end of the
+#: previous runner. The batch it died in holds the lowest ids that were due then; one more batch
+#: covers deferred events that became due meanwhile and sort before them.
+CAREFUL_BATCHES_AFTER_UNCLEAN_END = 2
+
+#: The last error of an event whose careful try never ended.
+DIED = "the runner died while handling it"
+
 _COLUMNS = ("id", "event_type", "object_id", "metadata", "attempts", "created_at")
 
-_TAKE_SQL = """
+_PICK_SQL = """
 DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
     SELECT id FROM katello_events_event
-    WHERE state = 'pending' AND run_after <= statement_timestamp()
+    WHERE state = 'pending' AND run_after <= statement_timestamp(){fenced}
     ORDER BY id LIMIT %s
     FOR UPDATE SKIP LOCKED))
-RETURNING id, event_type, object_id, metadata, attempts, created_at
+RETURNING id, event_type, object_id, metadata, attempts, EXTRACT(EPOCH FROM created_at)::float8
 """
+_TAKE_SQL = _PICK_SQL.format(fenced="")
+# The fencing check rides in the claim itself (no round trip of its own): a deposed runner
+# claims nothing, and the fence row stays share-locked until the batch commits.
+_FENCED_TAKE_SQL = "WITH " + FENCE_CTE + _PICK_SQL.format(fenced=" AND EXISTS (SELECT 1 FROM fence)")
 
 # One index probe per pair; the ORM would compile a 100-branch OR for every batch.
 _TAKE_TWINS_SQL = """
@@ -61,12 +90,24 @@ DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
       ON e.event_type = pair.event_type AND e.object_id = pair.object_id
     WHERE e.state = 'pending'
     FOR UPDATE OF e SKIP LOCKED))
-RETURNING id, event_type, object_id, metadata, attempts, created_at
+RETURNING id, event_type, object_id, metadata, attempts, EXTRACT(EPOCH FROM created_at)::float8
 """
 
 
 class _BatchFailed(Exception):
-    """A handler raised during the fast path: roll the batch back and go one by one."""
+    """A handler raised during the fast path: roll the batch back and go one by one.
+
+    ``group`` is the one whose handler raised (None: a group without a handler); the
+    handler's exception is the ``__cause__``.
+    """
+
+    def __init__(self, reason: str, group: Group | None = None) -> None:
+        super().__init__(reason)
+        self.group = group
+
+
+class _TakeCarefully(Exception):
+    """The batch holds a group that needs a careful try: roll it back before any handler runs."""
 
 
 class BatchConsumer:
@@ -79,37 +120,62 @@ class BatchConsumer:
         batch_size: int = 100,
         retry: RetryPolicy | None = None,
         registry: HandlerRegistry = event_handlers,
+        fence: Fence = UNFENCED,
     ) -> None:
         self.stats = stats
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
         self.registry = registry
+        self.alias = queue_alias()
+        self.events = Event.objects.db_manager(self.alias)
+        self.fence = fence
+        #: Batches still to be taken one group at a time (see CAREFUL_BATCHES_AFTER_UNCLEAN_END).
+        self.careful_batches = CAREFUL_BATCHES_AFTER_UNCLEAN_END if fence.after_unclean_end else 0
+        #: What is being handled now, (event_type, object_id, wall-clock start): for stall reports.
+        self.handling: tuple[str, str, float] | None = None
         self._sweep_interval = 1  # full batches per twin sweep (adaptive, see _sweep_due)
         self._sweeps_to_skip = 0
+
+    def use_fence(self, fence: Fence) -> None:
+        """Work under ``fence`` from now on (the runner's term, known once its thread starts)."""
+        self.fence = fence
+        self.careful_batches = CAREFUL_BATCHES_AFTER_UNCLEAN_END if fence.after_unclean_end else 0
 
     def process_batch(self) -> int:
         """Handle one batch; the number of (type, object) groups it held (0: queue empty)."""
         groups: list[Group] = []
+        path = "fast"
+        culprit: tuple[Group, BaseException] | None = None
         try:
-            with transaction.atomic():
+            with transaction.atomic(using=self.alias):
                 groups = group_rows(self._take())
                 if not groups:
                     return 0
+                if self.careful_batches or any(group.attempts for group in groups):
+                    raise _TakeCarefully
                 self.stats.set_gauge("in_progress", sum(len(g.rows) for g in groups))
                 for group in groups:
                     self._run_in_batch(group)
                 self._delete_taken(groups)
-            failed = False
-        except _BatchFailed:
-            failed = True  # rolled back: every group of the batch is pending again, untouched
+        except _BatchFailed as failure:
+            path = "one by one"  # rolled back: every group of the batch is pending again, untouched
+            if failure.group is not None and not isinstance(failure.__cause__, DatabaseError):
+                culprit = (failure.group, failure.__cause__)
+        except _TakeCarefully:
+            path = "careful"
         finally:
+            self.handling = None
             self.stats.set_gauge("in_progress", 0)
-        if failed:
-            # Outside the except block, so failures logged now do not chain to _BatchFailed.
-            self._one_by_one(groups)
-        else:
-            for group in groups:
-                self._count(group, "processed")
+        if path == "fast":
+            self._count_processed(groups)
+            return len(groups)
+        # Outside the except blocks, so failures logged now do not chain to our exceptions.
+        careful_all = path == "careful" and self.careful_batches > 0
+        if careful_all:
+            self.careful_batches -= 1
+        if culprit is not None:
+            self._charge_failure(*culprit)
+        self._one_by_one([g for g in groups if culprit is None or g is not culprit[0]], careful_all=careful_all)
         return len(groups)
 
     # -- taking a batch ------------------------------------------------------------------------
@@ -121,23 +187,31 @@ class BatchConsumer:
         this transaction that is the same as deleting them after their handlers, and it saves
         a round trip per batch; a rollback puts them all back.
         """
-        connection = connections[router.db_for_write(Event)]
+        connection = connections[self.alias]
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                cursor.execute(_TAKE_SQL, [self.batch_size])
+                if self.fence.active:
+                    cursor.execute(_FENCED_TAKE_SQL, [self.fence.epoch, self.batch_size])
+                else:
+                    cursor.execute(_TAKE_SQL, [self.batch_size])
                 rows = cursor.fetchall()
+                if not rows:
+                    self.fence.check(self.alias)  # empty, or deposed? Only asked when idle.
                 if self._sweep_due(rows):
                     pairs = sorted({(row[1], row[2]) for row in rows})
                     cursor.execute(_TAKE_TWINS_SQL, [[t for t, _ in pairs], [o for _, o in pairs]])
                     rows += self._swept(cursor.fetchall(), full_batch=len(rows) == self.batch_size)
-            return [(*row[:3], _decode_json(row[3]), *row[4:]) for row in rows]
-        runnable = Event.objects.select_for_update(skip_locked=True).filter(state=Event.PENDING, run_after__lte=Now())
+            # created_at comes as epoch seconds: the driver's timestamptz loader costs more per row
+            # than the rest of a no-op event's handling put together.
+            return [(*row[:3], _decode_json(row[3]), row[4], datetime.fromtimestamp(row[5], UTC)) for row in rows]
+        self.fence.check(self.alias)
+        runnable = self.events.select_for_update(skip_locked=True).filter(state=Event.PENDING, run_after__lte=Now())
         rows = list(runnable.order_by("id").values_list(*_COLUMNS)[: self.batch_size])
         if self._sweep_due(rows):
             pairs = {(row[1], row[2]) for row in rows}
             same_pair = functools.reduce(operator.or_, (Q(event_type=t, object_id=o) for t, o in pairs))
             claimed = [row[0] for row in rows]
-            pending = Event.objects.select_for_update(skip_locked=True).filter(state=Event.PENDING)
+            pending = self.events.select_for_update(skip_locked=True).filter(state=Event.PENDING)
             twins = pending.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
             rows += self._swept(list(twins), full_batch=len(rows) == self.batch_size)
         return rows
@@ -167,8 +241,8 @@ class BatchConsumer:
         return twins
 
     def _delete_taken(self, groups: list[Group]) -> None:
-        if connections[router.db_for_write(Event)].vendor != "postgresql":  # deleted when taken there
-            Event.objects.filter(id__in=[i for g in groups for i in g.ids]).delete()
+        if connections[self.alias].vendor != "postgresql":  # deleted when taken there
+            self.events.filter(id__in=[i for g in groups for i in g.ids]).delete()
 
     # -- the fast path: the whole batch in one transaction ---------------------------------
 
@@ -176,47 +250,121 @@ class BatchConsumer:
         function = self.registry.get(group.event_type)
         if function is None:
             raise _BatchFailed(f"no handler for {group.event_type!r}")  # settled as dead one by one
+        self.handling = (group.event_type, group.object_id, time.time())
         try:
             function(group.event())
-        except Exception as exc:
-            raise _BatchFailed from exc
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt... from a handler: its failure
+            raise _BatchFailed("a handler raised", group) from exc
 
     # -- the slow path: one group per transaction --------------------------------------------
 
-    def _one_by_one(self, groups: Iterable[Group]) -> None:
+    def _one_by_one(self, groups: Iterable[Group], *, careful_all: bool) -> None:
         for group in groups:
-            outcome = self._run_alone(group)
+            careful = careful_all or group.attempts
+            outcome = self._try_carefully(group) if careful else self._run_alone(group)
             if outcome:
                 self._count(group, outcome)
 
-    def _run_alone(self, group: Group) -> str | None:
-        with transaction.atomic():
-            locked = set(
-                Event.objects.select_for_update(skip_locked=True)
-                .filter(id__in=group.ids, state=Event.PENDING)
-                .values_list("id", flat=True)
-            )
-            group.rows = [row for row in group.rows if row[0] in locked]
+    def _charge_failure(self, group: Group, error: BaseException) -> None:
+        """The group whose handler raised in the batch: that call was its attempt."""
+        with transaction.atomic(using=self.alias):
+            self.fence.check(self.alias)
+            self._lock(group)
+            if not group.rows:
+                return
+            outcome = self._settle_raised(group, group.event(), error)
+        self._count(group, outcome)
+
+    def _lock(self, group: Group) -> dict[int, Any]:
+        """Lock the group's rows still pending (dropping the others from it); id -> mark."""
+        marks = dict(
+            self.events.select_for_update(skip_locked=True)
+            .filter(id__in=group.ids, state=Event.PENDING)
+            .values_list("id", "attempt_started_at")
+        )
+        group.rows = [row for row in group.rows if row[0] in marks]
+        return marks
+
+    def _run_alone(self, group: Group, event: QueuedEvent | None = None) -> str | None:
+        """One group in a transaction of its own; ``event``: what a careful try charged for."""
+        with transaction.atomic(using=self.alias):
+            self.fence.check(self.alias)
+            self._lock(group)
             if not group.rows:
                 return None
+            event = event or group.event()
             function = self.registry.get(group.event_type)
             if function is None:
-                return self._settle(group, "unknown")
+                return self._settle(group, event, "unknown")
+            self.handling = (group.event_type, group.object_id, time.time())
             try:
-                with transaction.atomic():  # a savepoint: the handler's own writes
-                    function(group.event())
-            except RetryLater as retry:
-                return self._settle(group, "retry_later", delay=retry.seconds)
-            except Exception as exc:
-                return self._settle(group, "failed", error=exc)
-            Event.objects.filter(id__in=group.ids).delete()
+                with transaction.atomic(using=self.alias):  # a savepoint: the handler's own writes
+                    function(event)
+            except BaseException as exc:  # anything a handler raises fails its event, nothing more
+                return self._settle_raised(group, event, exc)
+            finally:
+                self.handling = None
+            self.events.filter(id__in=group.ids).delete()
             return "processed"
 
-    def _settle(self, group: Group, outcome: str, *, delay: float = 0.0, error: BaseException | None = None) -> str:
+    # -- careful tries: the attempt is committed before the handler runs ---------------------
+
+    def _try_carefully(self, group: Group) -> str | None:
+        with transaction.atomic(using=self.alias):
+            self.fence.check(self.alias)
+            marks = self._lock(group)
+            if not group.rows:
+                return None
+            event = group.event()
+            if any(marks.values()):
+                return self._after_death(group, event)
+            self._fold(group, event, attempts=event.attempts + 1, attempt_started_at=Now())
+        return self._run_alone(group, event)
+
+    def _after_death(self, group: Group, event: QueuedEvent) -> str:
+        """A careful try of this group never ended: the runner died in it (already charged).
+
+        A death in a normal batch cannot be blamed on one event (nothing was written before
+        its handlers), so an event that also dies in its first careful try is presumed to have
+        caused that one too, and is charged for both. Rescheduled with the usual backoff, so
+        the events behind it flow meanwhile; dead once out of attempts.
+        """
+        deaths = event.attempts + 1 if event.attempts == 1 else event.attempts
+        error = f"{DIED} (attempt {deaths} of {self.retry.max_attempts})"
+        dead = deaths >= self.retry.max_attempts
+        fields: dict[str, Any] = {"attempts": deaths, "last_error": error, "attempt_started_at": None}
+        if dead:
+            fields["state"] = Event.DEAD
+        else:
+            delay = self.retry.delay_after(deaths)
+            fields["run_after"] = Now() + Value(timedelta(seconds=delay))
+        self._fold(group, event, **fields)
+        what = "kept as dead" if dead else f"retrying in {delay:g}s"
+        logger.error("event %s: %s, %s", _label(event), error, what, extra={**_extra(event), "attempts": deaths})
+        return "died_dead" if dead else "died"
+
+    def _fold(self, group: Group, event: QueuedEvent, **fields: Any) -> None:
+        """Update the group's newest row with ``fields`` and delete its other rows."""
+        self.events.filter(id=event.id).update(updated_at=Now(), **fields)
+        self.events.filter(id__in=[i for i in group.ids if i != event.id]).delete()
+
+    def _settle_raised(self, group: Group, event: QueuedEvent, error: BaseException) -> str:
+        if isinstance(error, RetryLater):
+            return self._settle(group, event, "retry_later", delay=error.seconds)
+        return self._settle(group, event, "failed", error=error)
+
+    def _settle(
+        self,
+        group: Group,
+        event: QueuedEvent,
+        outcome: str,
+        *,
+        delay: float = 0.0,
+        error: BaseException | None = None,
+    ) -> str:
         """Fold the group into its newest row and reschedule it, or keep it as dead."""
-        event = group.event()
         attempts = event.attempts
-        fields: dict[str, Any] = {"updated_at": Now()}
+        fields: dict[str, Any] = {"attempt_started_at": None}
         if outcome == "unknown":
             attempts += 1
             outcome = "dead"
@@ -233,11 +381,17 @@ class BatchConsumer:
             _log_failure(event, attempts, self.retry.max_attempts, delay, error, dead=outcome == "dead")
         if outcome != "dead":
             fields["run_after"] = Now() + Value(timedelta(seconds=delay))
-        Event.objects.filter(id=event.id).update(attempts=attempts, **fields)
-        Event.objects.filter(id__in=[i for i in group.ids if i != event.id]).delete()
+        self._fold(group, event, attempts=attempts, **fields)
         return outcome
 
     # -- counting ----------------------------------------------------------------------------
+
+    def _count_processed(self, groups: list[Group]) -> None:
+        """A whole batch handled: one increment per counter, not per group (each takes a lock)."""
+        self.stats.increment("processed", len(groups))
+        coalesced = sum(len(group.rows) - 1 for group in groups)
+        if coalesced:
+            self.stats.increment("coalesced", coalesced)
 
     def _count(self, group: Group, outcome: str) -> None:
         if outcome == "processed":
@@ -246,9 +400,11 @@ class BatchConsumer:
                 self.stats.increment("coalesced", len(group.rows) - 1)
         elif outcome == "retry_later":
             self.stats.increment("retried_later")
-        else:  # failed, dead, unknown
+        else:  # failed, dead, unknown, died, died_dead
             self.stats.increment("failed")
-            if outcome in ("dead", "unknown"):
+            if outcome.startswith("died"):
+                self.stats.increment("deaths")
+            if outcome in ("dead", "unknown", "died_dead"):
                 self.stats.increment("dead")
 
 

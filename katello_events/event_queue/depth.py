@@ -11,10 +11,10 @@ from django.utils import timezone
 from katello_events.models import Event
 
 
-def queue_gauges() -> dict[str, Any]:
+def queue_gauges(using: str | None = None) -> dict[str, Any]:
     """One aggregate query; ``queue_depth`` is what could run now (the Katello meaning)."""
     ready = Q(state=Event.PENDING, run_after__lte=Now())
-    figures = Event.objects.aggregate(
+    figures = Event.objects.db_manager(using).aggregate(
         queue_depth=Count("id", filter=ready),
         deferred=Count("id", filter=Q(state=Event.PENDING, run_after__gt=Now())),
         dead=Count("id", filter=Q(state=Event.DEAD)),

@@ -7,7 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from katello_events.fencing import UNFENCED, Fence
 from katello_events.redaction import redact
+
+#: The category of a stalled slot's problem: what every reader of the status sees.
+STALLED = "stalled"
 
 
 class HandlerStats:
@@ -71,7 +75,14 @@ class Handler:
     :meth:`report_problem` (the service then reads FAIL with that text) and retries with backoff;
     :meth:`clear_problem` once it has recovered. The thread's database connection is its own:
     close it on errors; the runner closes it when the thread ends.
+
+    :attr:`fence` is the runner's term in the role (``katello_events.fencing``), set by the
+    supervisor before :meth:`run` starts: a handler that commits work checks it inside the
+    committing transaction (``self.fence.check(alias)``), so a deposed runner commits nothing.
     """
+
+    #: Set by the supervisor before run(); handlers built outside a runner are not fenced.
+    fence: Fence = UNFENCED
 
     def __init__(self, name: str, options: dict[str, Any], stats: HandlerStats) -> None:
         self.name = name

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections
+from stomp.utils import Frame
 
-from katello_events.candlepin.connection import BrokerConnection, BrokerUnreachable, any_port_open, open_connection
+from katello_events.candlepin.burst import BurstRunner
+from katello_events.candlepin.connection import (
+    ACK_BATCH,
+    BrokerConnection,
+    BrokerUnreachable,
+    any_port_open,
+    open_connection,
+)
 from katello_events.candlepin.depth import DepthProbe
 from katello_events.candlepin.dispatch import (
     DEAD,
@@ -16,11 +25,13 @@ from katello_events.candlepin.dispatch import (
     DROPPED,
     IGNORED,
     PROCESSED,
+    REDELIVERED,
     RETRY_LATER,
     Dispatcher,
     StoreUnavailable,
 )
 from katello_events.candlepin.settings import DEFAULT_OPTIONS, parse_options
+from katello_events.fencing import Deposed, queue_alias
 from katello_events.handlers.base import Handler, HandlerStats, describe_error
 from katello_events.redaction import get_logger
 
@@ -36,10 +47,14 @@ _SHORT_LIVED = 10.0
 #: While backing off from a broker whose port was closed, how often its port is tried (seconds).
 _PORT_PROBE_INTERVAL = 0.5
 
+#: The problem a deposed listener reports until its runner steps down.
+DEPOSED = "deposed: another runner has taken the role"
+
 #: The counters each outcome of the dispatcher adds to.
 _COUNTERS = {
     PROCESSED: ("processed",),
     IGNORED: ("ignored",),
+    REDELIVERED: ("redelivered",),
     DEFERRED: ("failed", "deferred"),
     RETRY_LATER: ("retried_later",),
     DEAD: ("failed", "dead"),
@@ -50,16 +65,19 @@ _COUNTERS = {
 class CandlepinHandler(Handler):
     """Consumes Candlepin's event messages and runs the ``@message_handler`` of each subject.
 
-    Loop: connect and subscribe (``ack: client-individual``, bounded prefetch); take one frame
-    at a time from the listener's queue; dispatch it; ack it only once it is safe: handled,
-    ignored, or stored in the database (failed handlers go to the event queue, malformed
-    messages are kept as dead events). Frames of a lost connection are dropped unacked: the
-    broker delivers them again. So every message is handled at least once.
+    Loop: connect and subscribe (``ack: client-individual``, bounded prefetch); take the frames
+    waiting in the listener's queue as one burst; sort them (``Dispatcher.prepare``); settle
+    the burst in fenced transactions (``BurstRunner``); ack each message only once its
+    transaction has committed: handled, ignored, or stored in the database (failed and
+    redelivered messages go to the event queue, malformed ones are kept as dead events).
+    Frames of a lost connection are dropped unacked: the broker delivers them again. So every
+    message is handled at least once.
 
     Losing the broker is not a crash: the handler reports ``broker unreachable: ...`` and
     reconnects with capped backoff from its own thread. A database outage while a message
     must be stored drops the connection too (the broker takes its unacked messages back) and
-    waits for the database before reconnecting.
+    waits for the database before reconnecting. A deposed runner (``fencing.Deposed``) acks
+    nothing more, drops the connection and consumes no more until it is stopped.
     """
 
     def __init__(self, name: str, options: dict[str, Any], stats: HandlerStats) -> None:
@@ -69,54 +87,79 @@ class CandlepinHandler(Handler):
         self.connection: BrokerConnection | None = None
         url = self.settings.depth_probe_url
         self._probe = DepthProbe(url) if url else None
+        self._bursts: BurstRunner | None = None  # made in run(): it holds the thread's database connection
+        self._alias = ""
         self._delay = 0.0  # the current reconnection backoff (seconds)
         self._database_down = False
-        self._handling = False
+        self._deposed = False
         self._connections = 0
         self._last_message_at: float | None = None
         self._last_complaint: str | None = None
-        self._problem_kind: str | None = None  # "broker" or "database" while a problem is reported
+        self._problem_kind: str | None = None  # "broker", "database" or "deposed" while one is reported
         self._next_gauges = 0.0
         self._next_probe = 0.0
 
     def run(self) -> None:
         self._publish_gauges()  # the slot's gauges may still describe a previous instance's connection
+        self._alias = queue_alias()
+        self._bursts = BurstRunner(self.dispatcher, self.fence, self._alias, self.tick)
         try:
             while not self.stopping:
                 self.tick()
                 connection = self.connection
-                if connection is None:
+                if self._deposed:
+                    self.sleep(_STOP_CHECK)  # the runner steps down at its next heartbeat
+                elif connection is None:
                     self._connect()
                 elif connection.lost:
                     self._on_lost(connection)
                 else:
-                    frame = connection.next_frame(_STOP_CHECK)
-                    if frame is not None:
-                        self._handle(frame)
+                    frames = connection.next_burst(_STOP_CHECK, ACK_BATCH)
+                    if frames:
+                        self._handle(frames)
                     elif self._problem_kind:
                         self._recovered()  # connected, the database answered, nothing is held up
                     self._housekeeping()
         finally:
             self._disconnect()
 
-    # -- one message -----------------------------------------------------------------------
+    # -- one burst of messages -----------------------------------------------------------------
 
-    def _handle(self, frame: Any) -> None:
-        self._handling = True
+    def _handle(self, frames: list[Frame]) -> None:
         self._last_message_at = time.time()
+        items = [self.dispatcher.prepare(frame.headers, frame.body) for frame in frames]
+        connection = self.connection
+        assert connection is not None and self._bursts is not None
+        settled: dict[str, int] = {}
+        outcomes = self._bursts.run(items)
         try:
-            outcome = self.dispatcher.dispatch(frame.headers, frame.body)
+            with contextlib.closing(outcomes):
+                # Outcomes come once their transaction has committed: only then is a message acked.
+                for outcome, frame in zip(outcomes, frames, strict=True):
+                    connection.ack(frame)
+                    settled[outcome] = settled.get(outcome, 0) + 1
+                    if connection.lost:
+                        break  # the rest cannot be acked: left to the broker, not handled here
         except StoreUnavailable as exc:
             self._on_database_outage(str(exc))
             return
+        except Deposed as exc:
+            self._on_deposed(exc)
+            return
         finally:
-            self._handling = False
-        assert self.connection is not None
-        self.connection.ack(frame)
-        for counter in _COUNTERS[outcome]:
-            self.stats.increment(counter)
+            self._count(settled)
+        if settled.keys() - {PROCESSED, IGNORED}:
+            # The event queue may run a stored message at once: its ack must be out before a
+            # handler there can take the process down, or the broker would deliver it again.
+            connection.flush_acks()
         if self._problem_kind:
             self._recovered()
+
+    def _count(self, settled: dict[str, int]) -> None:
+        """Add a burst's outcomes to the slot's counters (once per burst: each takes a lock)."""
+        for outcome, amount in settled.items():
+            for counter in _COUNTERS[outcome]:
+                self.stats.increment(counter, amount)
 
     # -- connecting --------------------------------------------------------------------------
 
@@ -197,13 +240,27 @@ class CandlepinHandler(Handler):
     def _on_database_outage(self, problem: str) -> None:
         """Hold no message while the database is away: the broker takes them all back."""
         self._complain("database", f"{problem}; messages are left to the broker")
-        connections[DEFAULT_DB_ALIAS].close()
+        connections[self._alias].close()
         self._disconnect()
         self._database_down = True
         self._back_off(broker=False)
 
+    def _on_deposed(self, error: Deposed) -> None:
+        """Another runner has the role: ack nothing more, and leave every message to the broker."""
+        logger.error(
+            "candlepin listener: %s (%s); no more messages are acked, the broker delivers them to the new runner",
+            DEPOSED, error,
+        )  # fmt: skip
+        self.report_problem(DEPOSED)
+        self._problem_kind = "deposed"
+        self._deposed = True
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close(ack_pending=False)
+        self._publish_gauges()
+
     def _database_answers(self) -> bool:
-        connection = connections[DEFAULT_DB_ALIAS]
+        connection = connections[self._alias]
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
@@ -229,19 +286,29 @@ class CandlepinHandler(Handler):
         connection = self.connection
         live = connection is not None and not connection.lost
         self.stats.set_gauge("connected_since", _iso(connection.connected_at) if live else None)
-        self.stats.set_gauge("in_flight", connection.in_flight() + self._handling if live else 0)
+        self.stats.set_gauge("in_flight", connection.in_flight() if live else 0)
         if self._last_message_at is not None:
             self.stats.set_gauge("last_message_at", _iso(self._last_message_at))
 
     def details(self) -> dict[str, Any]:
-        connection = self.connection
+        connection, bursts = self.connection, self._bursts
         return {
             "broker": str(connection.address) if connection is not None else None,
             "brokers": [str(address) for address in self.settings.brokers],
             "destination": self.settings.destination,
             "subscription": self.settings.subscription_id,
             "prefetch": self.settings.prefetch,
+            "handling": _handling(bursts.current if bursts is not None else None),
         }
+
+
+def _handling(current: tuple[str, str | None, float] | None) -> dict[str, Any] | None:
+    """The message in hand, so that a stalled slot's status names what it is stuck on."""
+    if current is None:
+        return None
+    subject, message_id, since = current
+    seconds = round(time.time() - since, 1)
+    return {"subject": subject, "message_id": message_id, "since": _iso(since), "seconds": seconds}
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, connections
 
 from katello_events.event_queue.batch import RetryPolicy
 from katello_events.event_queue.consumer import BatchConsumer
 from katello_events.event_queue.depth import queue_gauges
 from katello_events.event_queue.listener import NotifyListener
 from katello_events.event_queue.push import NOTIFY_CHANNEL
+from katello_events.fencing import Deposed
 from katello_events.handlers.base import Handler, HandlerStats, describe_error
+from katello_events.pgdriver import is_driver_error
 from katello_events.redaction import get_logger
 
 logger = get_logger(__name__)
@@ -59,11 +62,15 @@ class EventQueueHandler(Handler):
         self._outage_delay = 0.0
 
     def run(self) -> None:
+        self.consumer.use_fence(self.fence)  # set by the supervisor once this instance exists
         try:
             while not self.stopping:
                 self.tick()
                 try:
                     handled = self._work()
+                except Deposed as exc:
+                    self._deposed(exc)
+                    return
                 except Exception as exc:
                     self._on_outage(exc)
                     continue
@@ -72,15 +79,23 @@ class EventQueueHandler(Handler):
         finally:
             self._close_listener()
 
+    def _deposed(self, exc: Deposed) -> None:
+        """Another runner took the role: commit nothing more; the runner steps down shortly."""
+        self.report_problem(f"deposed: another runner has taken the role ({exc})")
+        logger.error("event queue: %s; handling nothing more in this process", exc)
+        while not self.stopping:
+            self.tick()
+            self.sleep(_STOP_CHECK)
+
     def _work(self) -> int:
-        connection = connections[DEFAULT_DB_ALIAS]
+        connection = connections[self.consumer.alias]
         if connection.vendor == "postgresql" and self._listener is None:
             # LISTEN before claiming: a push committed after an empty claim still wakes us.
             self._listener = NotifyListener(connection.settings_dict, NOTIFY_CHANNEL)
         self._configure_session()
         handled = self.consumer.process_batch()
         if time.monotonic() >= self._next_gauges:
-            for gauge, value in queue_gauges().items():
+            for gauge, value in queue_gauges(self.consumer.alias).items():
                 self.stats.set_gauge(gauge, value)
             self._next_gauges = time.monotonic() + float(self.options["STATS_INTERVAL"])
         if self._outage_delay:
@@ -95,7 +110,7 @@ class EventQueueHandler(Handler):
         That is the lease: a runner that hangs or vanishes mid-batch loses its transaction
         after LEASE seconds, and its events become claimable again.
         """
-        connection = connections[DEFAULT_DB_ALIAS]
+        connection = connections[self.consumer.alias]
         connection.ensure_connection()
         if connection.connection is self._session or connection.vendor != "postgresql":
             return
@@ -122,7 +137,7 @@ class EventQueueHandler(Handler):
 
     def _on_outage(self, exc: Exception) -> None:
         """The database (or our session) failed: report it, drop the connections, back off."""
-        database_error = isinstance(exc, (OperationalError, InterfaceError)) or "psycopg2" in type(exc).__module__
+        database_error = isinstance(exc, (OperationalError, InterfaceError)) or is_driver_error(exc)
         problem = (
             f"database unreachable: {describe_error(exc)}"
             if database_error
@@ -131,7 +146,7 @@ class EventQueueHandler(Handler):
         self.report_problem(problem)
         if not self._outage_delay:
             logger.warning("event queue: %s", problem, exc_info=not database_error)
-        connections[DEFAULT_DB_ALIAS].close()
+        connections[self.consumer.alias].close()
         self._session = None
         self._close_listener()
         self._outage_delay = min(max(self._outage_delay * 2, 0.5), float(self.options["OUTAGE_BACKOFF_MAX"]))
@@ -145,4 +160,21 @@ class EventQueueHandler(Handler):
                 self._listener = None
 
     def details(self) -> dict[str, Any]:
-        return {"batch_size": self.options["BATCH_SIZE"], "notify": self._listener is not None}
+        return {
+            "batch_size": self.options["BATCH_SIZE"],
+            "notify": self._listener is not None,
+            "handling": _handling(self.consumer.handling),
+        }
+
+
+def _handling(handling: tuple[str, str, float] | None) -> dict[str, Any] | None:
+    """What the consumer is handling now, for operators and stall reports."""
+    if handling is None:
+        return None
+    event_type, object_id, since = handling
+    return {
+        "event_type": event_type,
+        "object_id": object_id,
+        "since": datetime.fromtimestamp(since, UTC).isoformat(),
+        "seconds": round(time.time() - since, 1),
+    }

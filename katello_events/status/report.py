@@ -14,7 +14,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 
 from katello_events.conf import get_config, queue_depth_threshold
-from katello_events.handlers.base import describe_error
+from katello_events.handlers.base import STALLED, describe_error
 from katello_events.models import HandlerStatus
 from katello_events.redaction import redact
 
@@ -92,6 +92,9 @@ def service_entry(
         counts += f", {row.queue_depth} in queue"
     if not row.running and not row.problem and age is not None and age <= grace:
         status, message = WARN, "Not running: handing over to the next runner"
+    elif not row.running and row.problem.startswith(STALLED):
+        # A stalled runner keeps its lock until its process is recycled: say what is wrong.
+        status, message = FAIL, row.problem
     elif not row.running:
         status, message = FAIL, "Not running" + (f": {row.problem}" if row.problem else "")
     elif stale:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from katello_events.fencing import UNFENCED, Fence
 from katello_events.models import HandlerStatus
 from katello_events.supervisor import SlotSnapshot
 
 #: Counters that have a column of their own; any other counter goes to the ``counters`` JSON.
 COLUMN_COUNTERS = {"processed": "processed_count", "failed": "failed_count"}
+
+#: Ends every problem a runner writes when its handlers did not stop: the next runner reads it
+#: (or a row still marked running) as an unclean end, and takes its first batches carefully.
+HELD_UNTIL_EXIT = "the runner lock is held until this process exits"
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,20 @@ class StatusStore:
         self._extra_base: dict[str, dict[str, int]] = {name: {} for name in names}
         self._restarts_flushed: dict[str, int] = {name: 0 for name in names}
         self._last_error_seen: dict[str, str | None] = {name: None for name in names}
+        #: This runner's term: every heartbeat checks it, so a deposed runner writes nothing.
+        self.fence: Fence = UNFENCED
 
-    def claim(self) -> None:
-        """Mark this process as the runner of every slot (raises on any database error)."""
-        with transaction.atomic():
+    def claim(self) -> bool:
+        """Mark this process as the runner of every slot (raises on any database error).
+
+        Returns True when the previous runner ended uncleanly: a row still said running (it was
+        killed) or that its handlers never stopped.
+        """
+        unclean = False
+        with transaction.atomic(using=router.db_for_write(HandlerStatus)):
             for name in self.names:
                 row, _ = HandlerStatus.objects.select_for_update().get_or_create(name=name)
+                unclean = unclean or row.running or HELD_UNTIL_EXIT in row.problem
                 self._extra_base[name] = {k: int(v) for k, v in (row.counters or {}).items()}
                 HandlerStatus.objects.filter(name=name).update(
                     running=True,
@@ -51,6 +64,7 @@ class StatusStore:
                     heartbeat_at=Now(),
                     problem="",
                 )
+        return unclean
 
     def heartbeat(
         self,
@@ -63,9 +77,13 @@ class StatusStore:
         """Write every slot's state and counter deltas in one transaction (raises on error).
 
         ``problem`` overrides every row's problem; ``error`` is recorded as every row's last error.
+        Raises :class:`~katello_events.fencing.Deposed`, writing nothing, once another runner
+        has taken the role: the fence row stays share-locked until the rows are written, so a
+        successor's claim always comes after this heartbeat, never before it.
         """
         pending = []
-        with transaction.atomic():
+        with transaction.atomic(using=self.fence.alias), transaction.atomic(using=router.db_for_write(HandlerStatus)):
+            self.fence.check(self.fence.alias)
             for snap in snapshots:
                 fields, flushed = self._row_update(snap, running)
                 if problem:

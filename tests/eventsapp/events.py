@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,38 @@ def handle_record(event) -> None:
         Path(metadata["mark"]).touch()
     if metadata.get("sleep"):
         time.sleep(metadata["sleep"])
+
+
+@event_handler("test.inspect")
+def handle_inspect(event) -> None:
+    """Records what another session sees of this event's row while its handler runs."""
+    from django.db import connections
+
+    from katello_events.models import Event
+
+    other = connections.create_connection("default")  # not this transaction: what is committed
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(
+                "SELECT attempts, attempt_started_at IS NOT NULL FROM katello_events_event WHERE id = %s", [event.id]
+            )
+            committed = cursor.fetchone()
+    finally:
+        other.close()
+    in_atomic = {alias: connections[alias].in_atomic_block for alias in connections}
+    Handling.objects.create(
+        uid=str(event.id),
+        event_type=event.event_type,
+        object_id=event.object_id,
+        metadata={
+            "committed": committed,
+            "in_atomic": in_atomic,
+            "pending": Event.objects.filter(id=event.id).exists(),
+        },
+        attempts=event.attempts,
+        coalesced=event.coalesced,
+        pid=os.getpid(),
+    )
 
 
 @event_handler("test.fail")
@@ -145,7 +179,7 @@ def handle_chaos_event(event) -> None:
 
 @message_handler("chaos.record")
 def handle_chaos_message(message) -> None:
-    """Records the run with the body's "id" as uid, in autocommit like any message handler."""
+    """Records the run with the body's "id" as uid, in its burst's transaction like any message handler."""
     Handling.objects.create(
         uid=_chaos_uid(message.body.get("id", "")),
         event_type=f"message:{message.subject}",
@@ -155,3 +189,69 @@ def handle_chaos_message(message) -> None:
         coalesced=1,
         pid=os.getpid(),
     )
+
+
+# -- poison handlers (tests/test_poison.py): each notes its try in a file first --------------
+
+
+def note_try(path: str | None, label: str) -> None:
+    """Append ``<label> <pid>`` to ``path``: counts handler calls across processes that die."""
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, f"{label} {os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+
+
+def _tries_log(metadata) -> str | None:
+    return metadata.get("tries_log") if isinstance(metadata, dict) else None
+
+
+@event_handler("test.sigkill")
+def handle_sigkill(event) -> None:
+    """Takes its process down as the OOM killer would."""
+    note_try(_tries_log(event.metadata), event.object_id)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@event_handler("test.os_exit")
+def handle_os_exit(event) -> None:
+    """Ends its process with status 3, which gunicorn reads as "worker failed to boot"."""
+    note_try(_tries_log(event.metadata), event.object_id)
+    os._exit(3)
+
+
+@event_handler("test.db_error")
+def handle_db_error(event) -> None:
+    """Fails with a database error (the query names a table that does not exist)."""
+    note_try(_tries_log(event.metadata), event.object_id)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM no_such_table")
+
+
+@event_handler("test.block")
+def handle_block(event) -> None:
+    """Never returns (a call without a timeout)."""
+    note_try(_tries_log(event.metadata), event.object_id)
+    threading.Event().wait()
+
+
+@event_handler("test.base_exception")
+def handle_base_exception(event) -> None:
+    """Raises what metadata["raise"] names: SystemExit, KeyboardInterrupt or GeneratorExit."""
+    note_try(_tries_log(event.metadata), event.object_id)
+    kind = {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit}
+    raise kind[event.metadata["raise"]](3)
+
+
+@message_handler("testing.sigkill")
+def handle_testing_sigkill(message) -> None:
+    """Notes the delivery in body["tries_log"], then takes the process down."""
+    note_try(message.body.get("tries_log"), str(message.body.get("id")))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@message_handler("testing.base_exception")
+def handle_testing_base_exception(message) -> None:
+    raise SystemExit(3)
