@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--unfenced", action="store_true", help="run the listener as outside a runner")
     args = parser.parse_args()
     django.setup()
-    from katello_events.candlepin.settings import parse_options
+    from katello_events.candlepin.options import parse_options
 
     if OWN_DATABASE and not args.unfenced:
         prepare_database()

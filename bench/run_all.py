@@ -308,7 +308,7 @@ def soak(minutes: int, rate: int) -> None:
 
 
 def stomp_rates(messages: int, rounds: int) -> tuple[float, float]:
-    from katello_events.candlepin.settings import parse_options
+    from katello_events.candlepin.options import parse_options
 
     settings = parse_options({"BROKER_URL": bench_candlepin.BROKER_URL})
     bench_candlepin.purge(settings)

@@ -15,7 +15,7 @@ from typing import Any
 
 from katello_events.autostart import autostart_blocker
 from katello_events.conf import get_config
-from katello_events.redaction import get_logger
+from katello_events.log import get_logger
 from katello_events.runner import Runner
 
 logger = get_logger(__name__)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django import db
 from django.db import connections
 
-from katello_events.conf import get_config, handler_specs
+from katello_events.conf import Config, get_config, handler_specs
 from katello_events.election import Election, make_election
+from katello_events.errors import NOT_MIGRATED, describe_error, is_missing_table
 from katello_events.fencing import Deposed, Fence, take_epoch
-from katello_events.handlers.base import describe_error
+from katello_events.log import get_logger
 from katello_events.memory import current_rss_mb
-from katello_events.redaction import get_logger
 from katello_events.status.depth_warnings import QueueDepthMonitor
 from katello_events.status.store import HELD_UNTIL_EXIT, RunnerIdentity, StatusStore
 from katello_events.supervisor import Supervisor
@@ -54,11 +54,12 @@ class Runner:
 
     def __init__(
         self,
-        config: dict[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
         election: Election | None = None,
         on_handover: Callable[[str], None] | None = None,
     ) -> None:
-        self.config = config or get_config()
+        # A plain dict (tests, older callers) is checked and typed like the setting itself.
+        self.config: Config = config if isinstance(config, Config) else Config.from_mapping(config or get_config())
         self.election = election or make_election(self.config)
         #: Called (from the control thread) with the reason after a memory handover, when
         #: RECYCLE_ON_HANDOVER is set: the server's way to recycle this process.
@@ -138,7 +139,8 @@ class Runner:
             fence = self._new_term(store)
             supervisor.use_fence(fence)
         except Exception as exc:
-            self._complain(f"won the election but could not start the handlers: {describe_error(exc)}")
+            why = f"the database is {NOT_MIGRATED}" if is_missing_table(exc) else describe_error(exc)
+            self._complain(f"won the election but could not start the handlers: {why}")
             self.election.release()
             connections.close_all()
             return False

@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
 from django.utils.module_loading import import_string
 
+from katello_events.errors import describe_error
 from katello_events.fencing import UNFENCED, Fence
-from katello_events.handlers.base import STALLED, Handler, HandlerState, HandlerStats, describe_error
-from katello_events.redaction import get_logger, redact
+from katello_events.handlers.base import Handler, HandlerState
+from katello_events.log import get_logger
+from katello_events.redaction import redact
+from katello_events.stats import HandlerStats
+from katello_events.status.snapshot import STALLED, SlotSnapshot
 
 logger = get_logger(__name__)
 
 #: A handler that ran this long (seconds) without crashing earns a fresh backoff.
 HEALTHY_RUN_RESETS_BACKOFF = 60.0
-
-
-@dataclass(frozen=True)
-class SlotSnapshot:
-    """What the status store writes for one slot."""
-
-    name: str
-    running: bool
-    problem: str | None
-    counters: dict[str, int]
-    gauges: dict[str, Any]
-    details: dict[str, Any]
-    crashes: int
-    last_error: str | None
 
 
 class HandlerSlot:

@@ -15,8 +15,8 @@ from django.db.models.functions import Now
 from katello_events.candlepin.message import CandlepinMessage, parse_message
 from katello_events.event_queue.batch import RetryPolicy
 from katello_events.event_queue.consumer import BatchConsumer
-from katello_events.handlers.base import HandlerStats
 from katello_events.models import Event
+from katello_events.stats import HandlerStats
 
 
 def drain_events(*, include_deferred: bool = False, max_attempts: int = 1, max_batches: int = 1000) -> HandlerStats:

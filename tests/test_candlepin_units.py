@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 import katello_events
 from katello_events.candlepin.connection import _ack_frame
-from katello_events.candlepin.depth import DepthProbe, depth_from
+from katello_events.candlepin.depth_probe import DepthProbe, depth_from
 from katello_events.candlepin.dispatch import handle_stored_message, message_key
 from katello_events.candlepin.message import CandlepinMessage, MalformedMessage, parse_message, subject_of
-from katello_events.candlepin.settings import DEFAULT_OPTIONS, BrokerAddress, option_errors, parse_options
+from katello_events.candlepin.options import DEFAULT_OPTIONS, BrokerAddress, option_errors, parse_options
 from katello_events.event_queue.types import QueuedEvent
 from katello_events.handlers.base import HandlerStats
 from katello_events.handlers.candlepin import CandlepinHandler

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import katello_events
 from katello_events.candlepin.connection import ACK_BATCH
-from katello_events.candlepin.settings import DEFAULT_OPTIONS as LISTENER_DEFAULTS
+from katello_events.candlepin.options import DEFAULT_OPTIONS as LISTENER_DEFAULTS
 from katello_events.models import Event
 from tests.candlepin_support import (
     BROKER_URL,

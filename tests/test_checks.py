@@ -72,8 +72,13 @@ def test_e005_details_audience(tmp_path):
     assert ids({"LOCK_FILE": tmp_path / "x.lock", "DETAILS_VISIBLE_TO": "admins"}) == ["katello_events.E005"]
 
 
-def test_w001_unknown_key(tmp_path):
-    assert ids({"LOCK_FILE": tmp_path / "x.lock", "HEARTBEAT": 1}) == ["katello_events.W001"]
+def test_e015_unknown_key_says_what_was_meant(tmp_path):
+    from django.core.checks import run_checks
+
+    with override_settings(KATELLO_EVENTS={"LOCK_FILE": tmp_path / "x.lock", "HEARTBEAT": 1}):
+        (message,) = [m for m in run_checks() if m.id.startswith("katello_events.")]
+    assert message.id == "katello_events.E015"
+    assert message.msg == "Unknown KATELLO_EVENTS key 'HEARTBEAT' (did you mean 'HEARTBEAT_INTERVAL'?)"
 
 
 def test_w002_stale_after_too_close_to_heartbeat(tmp_path):
@@ -96,7 +101,7 @@ def test_e004_covers_the_ping_timeout(tmp_path):
 
 
 def test_w004_sqlite_with_autostart_warns(tmp_path):
-    from katello_events.status.checks import check_status_settings
+    from katello_events.checks.status import check_status_settings
 
     sqlite = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}}
     warned = check_status_settings({"AUTOSTART": True, "QUEUE_DEPTH_WARNING": 1}, sqlite)

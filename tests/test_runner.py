@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -150,7 +151,8 @@ def test_a_broken_status_method_is_reported_and_the_runner_carries_on(runners, l
 
 def test_malformed_handler_options_release_the_lock(runners, lock_file, caplog):
     runner = make_runner(lock_file, {})
-    runner.config["HANDLERS"] = {"x": {"BACKEND": "tests.probe.CountingHandler", "OPTIONS": ["not", "a", "dict"]}}
+    malformed = {"x": {"BACKEND": "tests.probe.CountingHandler", "OPTIONS": ["not", "a", "dict"]}}
+    runner.config = dataclasses.replace(runner.config, HANDLERS=malformed)
     runners.append(runner)
     runner.start()
     wait_for(lambda: "could not start the handlers" in caplog.text, 5, "start failure logged")

@@ -220,3 +220,29 @@ def test_requests_in_a_test_run_start_no_runner(client):
 
     client.get("/api/ping")
     assert current_runner() is None
+
+
+def test_missing_tables_read_not_migrated_with_what_to_do():
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE katello_events_handlerstatus RENAME TO katello_events_handlerstatus_away")
+    try:
+        document = report.collect_status()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE katello_events_handlerstatus_away RENAME TO katello_events_handlerstatus")
+    assert {s["message"] for s in document["services"].values()} == {"not migrated: run manage.py migrate"}
+    public = report.public_document(document)
+    assert {s["message"] for s in public["services"].values()} == {"not migrated"}
+
+
+def test_sqlite_without_tables_reads_not_migrated_too():
+    import sqlite3
+
+    from katello_events.errors import is_missing_table
+
+    try:
+        sqlite3.connect(":memory:").execute("SELECT * FROM katello_events_handlerstatus")
+    except sqlite3.OperationalError as exc:
+        assert is_missing_table(OperationalError(str(exc)))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from katello_events.autostart import autostart_blocker, management_command
-from katello_events.conf import DEFAULTS, default_lock_file, get_config, handler_specs
+from katello_events.conf import DEFAULTS, Config, default_lock_file, get_config, handler_specs
 from katello_events.redaction import redact
+from katello_events.runner import Runner
 
 
 def test_defaults_apply_and_override_settings_clears_the_cache(tmp_path):
@@ -20,6 +23,30 @@ def test_defaults_apply_and_override_settings_clears_the_cache(tmp_path):
         assert config["LOCK_FILE"] == str(tmp_path / "x.lock")
         assert config["STANDBY_INTERVAL"] == DEFAULTS["STANDBY_INTERVAL"]
     assert get_config()["STALE_AFTER"] != 42.0
+
+
+def test_the_config_is_typed_read_only_and_still_a_mapping(tmp_path):
+    with override_settings(KATELLO_EVENTS={"STALE_AFTER": 42.0, "LOCK_FILE": tmp_path / "x.lock"}):
+        config = get_config()
+    assert isinstance(config, Config) and config.STALE_AFTER == 42.0 == config["STALE_AFTER"]
+    assert {**config}["STOP_TIMEOUT"] == config.STOP_TIMEOUT and config.get("NOPE") is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.STALE_AFTER = 1.0  # type: ignore[misc]  # the point: it cannot be changed
+    assert dataclasses.replace(config, STALE_AFTER=7.0).STALE_AFTER == 7.0
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [("HEARTBEAT_INTERVALL", "HEARTBEAT_INTERVAL"), ("LOCKFILE", "LOCK_FILE"), ("STAL_TIMEOUT", "STALL_TIMEOUT")],
+)
+def test_a_misspelt_key_fails_at_start_up_with_a_suggestion(tmp_path, key, suggestion):
+    with override_settings(KATELLO_EVENTS={key: 1, "LOCK_FILE": tmp_path / "x.lock"}):
+        with pytest.raises(
+            ImproperlyConfigured, match=f"Unknown KATELLO_EVENTS key '{key}' .did you mean '{suggestion}'"
+        ):
+            get_config()
+        with pytest.raises(ImproperlyConfigured):
+            Runner()
 
 
 def test_handler_specs_default_to_both_slots_with_options():

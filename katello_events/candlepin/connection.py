@@ -22,9 +22,9 @@ import stomp
 from stomp.utils import Frame
 
 from katello_events.candlepin.diagnosis import capture_connect_errors, check_tls_files
-from katello_events.candlepin.settings import BrokerAddress, ListenerSettings
-from katello_events.handlers.base import describe_error
-from katello_events.redaction import get_logger
+from katello_events.candlepin.options import BrokerAddress, ListenerSettings
+from katello_events.errors import describe_error
+from katello_events.log import get_logger
 
 logger = get_logger(__name__)
 

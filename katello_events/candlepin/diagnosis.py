@@ -13,8 +13,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from katello_events.candlepin.settings import ListenerSettings
-from katello_events.handlers.base import describe_error
+from katello_events.candlepin.options import ListenerSettings
+from katello_events.errors import describe_error
 
 
 def check_tls_files(settings: ListenerSettings) -> None:

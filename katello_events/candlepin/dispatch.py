@@ -42,12 +42,13 @@ from django.db import DatabaseError, InterfaceError, OperationalError, Programmi
 
 from katello_events.candlepin.message import CandlepinMessage, MalformedMessage, parse_message, subject_of
 from katello_events.candlepin.recent import RecentIds
+from katello_events.errors import describe_error
 from katello_events.event_queue.push import MAX_OBJECT_ID_LENGTH, push_event
 from katello_events.event_queue.types import QueuedEvent, RetryLater
 from katello_events.fencing import queue_alias
-from katello_events.handlers.base import describe_error
+from katello_events.log import get_logger
 from katello_events.models import Event
-from katello_events.redaction import get_logger, redact
+from katello_events.redaction import redact
 from katello_events.registry import HandlerRegistry, message_handlers
 
 logger = get_logger(__name__)

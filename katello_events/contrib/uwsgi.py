@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - only importable inside uWSGI
 
 def recycle_worker(reason: str) -> None:
     """Ask uWSGI to replace this worker gracefully (called from the runner's thread)."""
-    from katello_events.redaction import get_logger
+    from katello_events.log import get_logger
 
     get_logger(__name__).info("recycling this uWSGI worker (%s)", reason)
     os.kill(os.getpid(), signal.SIGHUP)

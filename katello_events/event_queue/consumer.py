@@ -43,13 +43,15 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import Q, Value
 from django.db.models.functions import Now
 
+from katello_events.errors import describe_error
 from katello_events.event_queue.batch import Group, RetryPolicy, group_rows
 from katello_events.event_queue.types import QueuedEvent, RetryLater
 from katello_events.fencing import FENCE_CTE, UNFENCED, Fence, queue_alias
-from katello_events.handlers.base import HandlerStats, describe_error
+from katello_events.log import get_logger
 from katello_events.models import Event
-from katello_events.redaction import get_logger, redact
+from katello_events.redaction import redact
 from katello_events.registry import HandlerRegistry, event_handlers
+from katello_events.stats import HandlerStats
 
 logger = get_logger(__name__)
 

@@ -7,42 +7,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from katello_events.errors import describe_error
 from katello_events.fencing import UNFENCED, Fence
 from katello_events.redaction import redact
+from katello_events.stats import HandlerStats
 
-#: The category of a stalled slot's problem: what every reader of the status sees.
-STALLED = "stalled"
-
-
-class HandlerStats:
-    """Counters and gauges of one handler slot, shared by every instance the supervisor starts.
-
-    Counters only grow (processed, failed, and any a handler adds); gauges are the latest
-    reading (queue_depth, ...). They live here rather than on the handler so a restarted handler
-    keeps counting, and the status store turns them into cumulative database totals.
-    Thread-safe: handlers write from their thread, the runner reads from its own.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[str, int] = {"processed": 0, "failed": 0}
-        self._gauges: dict[str, Any] = {}
-
-    def increment(self, counter: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counters[counter] = self._counters.get(counter, 0) + amount
-
-    def set_gauge(self, gauge: str, value: Any) -> None:
-        with self._lock:
-            self._gauges[gauge] = value
-
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counters)
-
-    def gauges(self) -> dict[str, Any]:
-        with self._lock:
-            return dict(self._gauges)
+__all__ = ["Handler", "HandlerState", "HandlerStats", "describe_error"]
 
 
 @dataclass(frozen=True)
@@ -131,11 +101,3 @@ class Handler:
     def details(self) -> dict[str, Any]:
         """Extra JSON-serialisable facts for operators; override to add some."""
         return {}
-
-
-def describe_error(error: str | BaseException) -> str:
-    """One line for an error: ``"OperationalError: connection refused"``."""
-    if isinstance(error, BaseException):
-        text = str(error).strip().splitlines()
-        return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-    return error

@@ -18,7 +18,7 @@ from katello_events.candlepin.connection import (
     any_port_open,
     open_connection,
 )
-from katello_events.candlepin.depth import DepthProbe
+from katello_events.candlepin.depth_probe import DepthProbe
 from katello_events.candlepin.dispatch import (
     DEAD,
     DEFERRED,
@@ -30,10 +30,12 @@ from katello_events.candlepin.dispatch import (
     Dispatcher,
     StoreUnavailable,
 )
-from katello_events.candlepin.settings import DEFAULT_OPTIONS, parse_options
+from katello_events.candlepin.options import DEFAULT_OPTIONS, parse_options
+from katello_events.errors import describe_error
 from katello_events.fencing import Deposed, queue_alias
-from katello_events.handlers.base import Handler, HandlerStats, describe_error
-from katello_events.redaction import get_logger
+from katello_events.handlers.base import Handler
+from katello_events.log import get_logger
+from katello_events.stats import HandlerStats
 
 logger = get_logger(__name__)
 

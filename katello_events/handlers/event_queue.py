@@ -8,15 +8,17 @@ from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
 
+from katello_events.errors import describe_error
 from katello_events.event_queue.batch import RetryPolicy
 from katello_events.event_queue.consumer import BatchConsumer
-from katello_events.event_queue.depth import queue_gauges
+from katello_events.event_queue.gauges import queue_gauges
 from katello_events.event_queue.listener import NotifyListener
 from katello_events.event_queue.push import NOTIFY_CHANNEL
 from katello_events.fencing import Deposed
-from katello_events.handlers.base import Handler, HandlerStats, describe_error
+from katello_events.handlers.base import Handler
+from katello_events.log import get_logger
 from katello_events.pgdriver import is_driver_error
-from katello_events.redaction import get_logger
+from katello_events.stats import HandlerStats
 
 logger = get_logger(__name__)
 

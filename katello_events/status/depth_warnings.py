@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from katello_events.conf import queue_depth_threshold
-from katello_events.redaction import get_logger
+from katello_events.log import get_logger
 from katello_events.signals import queue_depth_exceeded, queue_depth_recovered
-from katello_events.supervisor import SlotSnapshot
+from katello_events.status.snapshot import SlotSnapshot
 
 logger = get_logger(__name__)
 

@@ -14,9 +14,10 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models.functions import Now
 
 from katello_events.conf import get_config, queue_depth_threshold
-from katello_events.handlers.base import STALLED, describe_error
+from katello_events.errors import NOT_MIGRATED, describe_error, is_missing_table
 from katello_events.models import HandlerStatus
 from katello_events.redaction import redact
+from katello_events.status.snapshot import STALLED
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 
@@ -31,11 +32,8 @@ def collect_status() -> dict[str, Any]:
     started = time.monotonic()
     try:
         rows, db_now = _read_rows(names, float(config["PING_TIMEOUT"]))
-    except (OperationalError, InterfaceError) as exc:
-        connections["default"].close()
-        return unreachable_document(names, f"database unreachable: {redact(describe_error(exc))}")
-    except DatabaseError as exc:  # reachable, but the table is missing or unreadable
-        return unreachable_document(names, f"status unreadable (migrations applied?): {redact(describe_error(exc))}")
+    except DatabaseError as exc:
+        return unreachable_document(names, _read_failure(exc))
     duration_ms = str(round((time.monotonic() - started) * 1000))
     by_name = {row.name: row for row in rows}
     services = {
@@ -50,6 +48,16 @@ def collect_status() -> dict[str, Any]:
         for name in names
     }
     return {"status": overall(services), "services": services}
+
+
+def _read_failure(exc: DatabaseError) -> str:
+    """What a failed status read says: the tables are missing, the database is away, or else."""
+    if is_missing_table(exc):  # SQLite reports it as an OperationalError, PostgreSQL not
+        return NOT_MIGRATED
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        connections["default"].close()
+        return f"database unreachable: {redact(describe_error(exc))}"
+    return f"status unreadable: {redact(describe_error(exc))}"
 
 
 def handover_grace(config: dict[str, Any]) -> float:

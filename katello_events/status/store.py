@@ -11,7 +11,7 @@ from django.db.models.functions import Now
 
 from katello_events.fencing import UNFENCED, Fence
 from katello_events.models import HandlerStatus
-from katello_events.supervisor import SlotSnapshot
+from katello_events.status.snapshot import SlotSnapshot
 
 #: Counters that have a column of their own; any other counter goes to the ``counters`` JSON.
 COLUMN_COUNTERS = {"processed": "processed_count", "failed": "failed_count"}

@@ -1,7 +1,7 @@
 """System checks (IDs are stable; every one is listed in ``docs/checks.md``).
 
-One registered check; each component checks its own settings (``election/checks.py``,
-``candlepin/checks.py``, ``status/checks.py``) and this module puts them together, with the
+One registered check; each component checks its own settings (``checks/election.py``,
+``checks/candlepin_options.py``, ``checks/status.py``) and this module puts them together, with the
 PostgreSQL driver check (E014).
 """
 
@@ -14,10 +14,10 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
 from katello_events import pgdriver
-from katello_events.candlepin.checks import check_candlepin_options
-from katello_events.conf import DEFAULTS, get_config
-from katello_events.election.checks import check_election, check_watchdog
-from katello_events.status.checks import check_status_settings
+from katello_events.checks.candlepin_options import check_candlepin_options
+from katello_events.checks.election import check_election, check_watchdog
+from katello_events.checks.status import check_status_settings
+from katello_events.conf import KEYS, get_config, unknown_key_message
 
 #: Positive numbers, in seconds.
 _INTERVALS = (
@@ -41,14 +41,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     user = getattr(settings, "KATELLO_EVENTS", {})
     if not isinstance(user, dict):
         return [Error("KATELLO_EVENTS must be a dict.", hint=_SHAPE_HINT, id="katello_events.E001")]
-    messages: list[CheckMessage] = [
-        Warning(
-            f"Unknown KATELLO_EVENTS key {key!r}.",
-            hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
-            id="katello_events.W001",
-        )
-        for key in sorted(set(user) - set(DEFAULTS))
-    ]
+    unknown = sorted(set(user) - set(KEYS))
+    if unknown:
+        # get_config() refuses such a setting, so nothing else can be checked before it is fixed.
+        hint = "Correct or remove it: every process that reads KATELLO_EVENTS refuses to start with it."
+        return [Error(unknown_key_message(key), hint=hint, id="katello_events.E015") for key in unknown]
+    messages: list[CheckMessage] = []
     config = get_config()
     messages += _check_intervals(config)
     messages += _check_handlers(config.get("HANDLERS"))

@@ -13,8 +13,9 @@ import json
 import urllib.request
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from katello_events.handlers.base import describe_error
-from katello_events.redaction import get_logger, redact
+from katello_events.errors import describe_error
+from katello_events.log import get_logger
+from katello_events.redaction import redact
 
 logger = get_logger(__name__)
 

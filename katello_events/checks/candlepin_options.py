@@ -16,7 +16,7 @@ _CANDLEPIN_HINT = "See docs/candlepin.md for every option of the Candlepin liste
 
 def check_candlepin_options(name: str, backend: type, options: dict[str, Any]) -> list[CheckMessage]:
     """E006 (no usable BROKER_URL) and E007 (any other option) for Candlepin listener slots."""
-    from katello_events.candlepin.settings import option_errors, parse_options
+    from katello_events.candlepin.options import option_errors, parse_options
     from katello_events.handlers.candlepin import CandlepinHandler
 
     if not issubclass(backend, CandlepinHandler):
