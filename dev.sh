@@ -178,6 +178,8 @@ run_tests() {
   ensure_chromium
   say "ruff"
   "$VENV/bin/ruff" check .
+  say "mypy"
+  "$VENV/bin/mypy" katello_events
   say "docs (mkdocs --strict)"
   "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$ROOT/artifacts/site"
   mkdir -p "$ROOT/artifacts"

@@ -57,12 +57,12 @@ class ReadinessFilter(admin.SimpleListFilter):
 
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
-    list_display = ["id", "event_type", "object_id", "state", "readiness", "attempts", "run_after", "created_at"]
-    list_filter = [ReadinessFilter, "state", "event_type"]
+    list_display = ("id", "event_type", "object_id", "state", "readiness", "attempts", "run_after", "created_at")
+    list_filter = (ReadinessFilter, "state", "event_type")
     # Exact match: object ids are keys ("12" must not find "123"), and icontains scans the table.
-    search_fields = ["=object_id"]
+    search_fields = ("=object_id",)
     search_help_text = "Exact object id."
-    actions = ["requeue_selected"]
+    actions = ("requeue_selected",)
     # A deep queue makes COUNT(*) of the whole table slow; the page count of the filter is enough.
     show_full_result_count = False
 
@@ -95,7 +95,7 @@ class EventAdmin(ReadOnlyAdmin):
 
 @admin.register(HandlerStatus)
 class HandlerStatusAdmin(ReadOnlyAdmin):
-    list_display = [
+    list_display = (
         "name",
         "status",
         "running",
@@ -107,7 +107,7 @@ class HandlerStatusAdmin(ReadOnlyAdmin):
         "failed_count",
         "queue_depth",
         "restarts",
-    ]
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[HandlerStatus]:
         # The database's clock, as /api/ping judges staleness by it.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -35,7 +37,9 @@ class HandlerStatus(models.Model):
     class Meta:
         verbose_name = "handler status"
         verbose_name_plural = "handler statuses"
-        ordering = ["name"]
+        # A list, not a tuple: the migrations record a list, and makemigrations would take a
+        # tuple for a change of options.
+        ordering: ClassVar[list[str]] = ["name"]
 
     def __str__(self) -> str:
         return self.name
@@ -52,7 +56,7 @@ class Event(models.Model):
 
     PENDING = "pending"
     DEAD = "dead"
-    STATES = [(PENDING, "pending"), (DEAD, "dead")]
+    STATES = ((PENDING, "pending"), (DEAD, "dead"))
 
     id = models.BigAutoField(primary_key=True)
     event_type = models.CharField(max_length=100)
@@ -71,15 +75,16 @@ class Event(models.Model):
     updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:
-        ordering = ["id"]
-        indexes = [
+        # A list, as for HandlerStatus.
+        ordering: ClassVar[list[str]] = ["id"]
+        indexes = (
             # The claim scans pending rows in id order.
             models.Index(fields=["id"], condition=Q(state="pending"), name="katello_events_pending_id"),
             # Coalescing looks up the twins of a (type, object) pair.
             models.Index(fields=["event_type", "object_id"], name="katello_events_type_object"),
             # Queue depth and deferred counts.
             models.Index(fields=["run_after"], condition=Q(state="pending"), name="katello_events_pending_due"),
-        ]
+        )
 
     def __str__(self) -> str:
         return f"{self.event_type}:{self.object_id} ({self.state})"

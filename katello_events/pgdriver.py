@@ -104,7 +104,9 @@ def __getattr__(attribute: str) -> Any:
 def is_driver_error(exc: BaseException) -> bool:
     """True for an error raised by a PostgreSQL driver (either one: both may be loaded)."""
     classes = tuple(
-        module.Error for module in (sys.modules.get(PSYCOPG3), sys.modules.get(PSYCOPG2)) if hasattr(module, "Error")
+        module.Error
+        for module in (sys.modules.get(PSYCOPG3), sys.modules.get(PSYCOPG2))
+        if module is not None and hasattr(module, "Error")
     )
     return bool(classes) and isinstance(exc, classes)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django.views.debug import SafeExceptionReporterFilter
 
@@ -32,6 +33,6 @@ class SecretRedactingReporterFilter(SafeExceptionReporterFilter):
     value. Set ``DEFAULT_EXCEPTION_REPORTER_FILTER = "katello_events.redaction.SecretRedactingReporterFilter"``.
     """
 
-    def cleanse_setting(self, key: object, value: object) -> object:
+    def cleanse_setting(self, key: int | str, value: Any) -> Any:
         value = super().cleanse_setting(key, value)
         return redact(value) if isinstance(value, str) else value

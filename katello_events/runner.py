@@ -117,7 +117,7 @@ class Runner:
     def _won_election(self) -> bool:
         try:
             return self.election.try_acquire()
-        except Exception as exc:  # LockFileError, OSError, fasteners' ThreadError: never die
+        except Exception as exc:  # noqa: BLE001 - LockFileError, OSError, fasteners' ThreadError: never die
             self._complain(f"cannot use the election lock: {describe_error(exc)}")
             self._stop_requested.wait(self.config["START_RETRY_DELAY"])
             return False
@@ -138,7 +138,7 @@ class Runner:
             supervisor = Supervisor(specs, self.config)
             fence = self._new_term(store)
             supervisor.use_fence(fence)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the lock is released and the standby retries
             why = f"the database is {NOT_MIGRATED}" if is_missing_table(exc) else describe_error(exc)
             self._complain(f"won the election but could not start the handlers: {why}")
             self.election.release()
@@ -210,7 +210,7 @@ class Runner:
         except Deposed as exc:
             logger.error("another runner has taken the role (%s); stepping down", exc, extra={"pid": self.identity.pid})
             self._deposed = True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed heartbeat is retried at the next one, never fatal
             # The handlers report their own database trouble; the counters stay pending here
             # and are flushed by the first heartbeat that gets through. Logged once per outage.
             if not self._heartbeat_failing:
@@ -233,7 +233,7 @@ class Runner:
         try:
             if not self._deposed:  # the rows are the successor's now
                 store.release(supervisor.snapshots(), problem=problem, handover=self._handover)
-        except Exception as exc:  # the lock must be handled below whatever happened here
+        except Exception as exc:  # noqa: BLE001 - the lock must be handled below whatever happened here
             logger.warning("could not mark the handlers stopped: %s", describe_error(exc))
         finally:
             connections.close_all()  # a standby holds no database connection

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from django.db import connections
@@ -26,7 +27,7 @@ HEALTHY_RUN_RESETS_BACKOFF = 60.0
 class HandlerSlot:
     """One configured handler: its current instance and thread, its crash history and backoff."""
 
-    def __init__(self, name: str, backend: str, options: dict[str, Any], config: dict[str, Any]) -> None:
+    def __init__(self, name: str, backend: str, options: dict[str, Any], config: Mapping[str, Any]) -> None:
         self.name = name
         self.handler_class: type[Handler] = import_string(backend)
         self.options = options
@@ -109,7 +110,7 @@ class HandlerSlot:
             handler.run()
             if not handler.stopping:
                 self.last_error = "run() returned without being asked to stop"
-        except BaseException as exc:  # noqa: BLE001 - a crash of any kind is recorded, then restarted
+        except BaseException as exc:  # a crash of any kind is recorded, then restarted
             self.last_error = redact(describe_error(exc))
             logger.exception("handler %s crashed", self.name, extra={"handler": self.name})
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -154,7 +155,7 @@ class HandlerSlot:
             return None, None
         try:
             state = handler.status()
-        except Exception as exc:  # a broken status() must not take the control thread down
+        except Exception as exc:  # noqa: BLE001 - a broken status() must not take the control thread down
             return None, redact(f"status() failed: {describe_error(exc)}")
         return state, state.problem
 
@@ -162,7 +163,7 @@ class HandlerSlot:
 class Supervisor:
     """Runs every configured handler slot and restarts crashed ones with capped exponential backoff."""
 
-    def __init__(self, specs: dict[str, dict[str, Any]], config: dict[str, Any]) -> None:
+    def __init__(self, specs: dict[str, dict[str, Any]], config: Mapping[str, Any]) -> None:
         self.slots = [HandlerSlot(name, s["BACKEND"], s["OPTIONS"], config) for name, s in specs.items()]
         self._stopping = False
 

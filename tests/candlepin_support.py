@@ -213,7 +213,7 @@ def fake_management_api(document: Any, user: str = "monitor", password: str = "s
     expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:  # the stdlib's name (pep8-naming allows do_*)
             status, payload = (200, json.dumps(document).encode())
             if self.headers.get("Authorization") != expected:
                 status, payload = 401, b"{}"

@@ -13,8 +13,8 @@ os.environ.setdefault(
     os.environ.get("KATELLO_EVENTS_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/katello_events"),
 )
 
-from example_project.settings import *  # noqa: E402,F403
-from example_project.settings import KATELLO_EVENTS  # noqa: E402
+from example_project.settings import *  # noqa: F403
+from example_project.settings import KATELLO_EVENTS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.eventsapp"]  # noqa: F405
 # tests.eventsapp registers message handlers of its own for Candlepin's subjects; the example

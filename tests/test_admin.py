@@ -80,7 +80,8 @@ def test_events_cannot_be_added_changed_or_deleted(admin_client, events):
     assert admin_client.get(f"{EVENTS}add/").status_code == 403
     assert admin_client.post(f"{EVENTS}{dead.id}/delete/").status_code == 403
     page = admin_client.get(f"{EVENTS}{dead.id}/change/")
-    assert page.status_code == 200 and "boom" in page.content.decode()
+    assert page.status_code == 200
+    assert "boom" in page.content.decode()
     assert 'name="_save"' not in page.content.decode(), "the detail page is read-only"
     assert admin_client.post(f"{EVENTS}{dead.id}/change/", {"attempts": 0}).status_code == 403
     choices = admin_client.get(EVENTS).context["action_form"].fields["action"].choices
@@ -136,7 +137,8 @@ def test_requeue_dead_wakes_the_consumer_once_committed():
     try:
         assert requeue_dead() == 1
         ready, _, _ = select.select([listener], [], [], 5)
-        assert ready and listener.take() == [NOTIFY_CHANNEL]
+        assert ready
+        assert listener.take() == [NOTIFY_CHANNEL]
         assert requeue_dead() == 0, "nothing dead is left"
     finally:
         listener.close()

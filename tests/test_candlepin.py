@@ -77,9 +77,12 @@ def test_every_candlepin_subject_is_dispatched_end_to_end(runners, lock_file, de
         return row.processed_count == len(messages) and row.details.get("in_flight") == 0 and row
 
     row = wait_for(settled, 10, "processed counted, nothing in flight")
-    assert row.failed_count == 0 and row.problem == ""
-    assert row.details["connected_since"] and row.details["last_message_at"]
-    assert row.details["destination"] == destination and row.details["broker"] == "stomp://127.0.0.1:61613"
+    assert row.failed_count == 0
+    assert row.problem == ""
+    assert row.details["connected_since"]
+    assert row.details["last_message_at"]
+    assert row.details["destination"] == destination
+    assert row.details["broker"] == "stomp://127.0.0.1:61613"
     assert row.queue_depth is None, "no probe configured: the depth is unknown, not zero"
     wait_for(lambda: messages_in_queue(destination) == 0, 20, "every message acked", interval=0.5)
 
@@ -92,7 +95,9 @@ def test_an_unknown_subject_is_ignored_and_acked(runners, lock_file, destination
         10,
         "the unknown subject counted as ignored, the other as processed",
     )
-    assert Handling.objects.count() == 1 and not Event.objects.exists() and row.failed_count == 0
+    assert Handling.objects.count() == 1
+    assert not Event.objects.exists()
+    assert row.failed_count == 0
     wait_for(lambda: messages_in_queue(destination) == 0, 20, "both acked", interval=0.5)
 
 
@@ -107,11 +112,14 @@ def test_a_failing_handler_goes_to_the_event_queue_is_retried_then_kept_dead(run
     dead = wait_for(lambda: Event.objects.filter(state=Event.DEAD).first(), 20, "retried, then kept as dead")
     assert (dead.event_type, dead.attempts) == (MESSAGE_EVENT, 3)
     assert dead.object_id == dead.metadata["headers"]["message-id"], "one event per message: nothing coalesces"
-    assert dead.metadata["subject"] == "testing.fail" and dead.metadata["body"]["id"] == uid_of(message)
+    assert dead.metadata["subject"] == "testing.fail"
+    assert dead.metadata["body"]["id"] == uid_of(message)
     assert f"RuntimeError: cannot handle message {uid_of(message)}" in dead.last_error
-    assert "hunter2" not in dead.last_error and not any("hunter2" in r.getMessage() for r in caplog.records)
+    assert "hunter2" not in dead.last_error
+    assert not any("hunter2" in r.getMessage() for r in caplog.records)
     row = wait_for(lambda: (r := status_row()).failed_count == 1 and r, 10, "the listener counted one failure")
-    assert row.counters["deferred"] == 1 and row.processed_count == 0
+    assert row.counters["deferred"] == 1
+    assert row.processed_count == 0
     wait_for(lambda: messages_in_queue(destination) == 0, 20, "acked once stored", interval=0.5)
 
 
@@ -122,7 +130,8 @@ def test_a_stored_message_runs_again_with_its_subject_body_and_event_data(runner
     wait_for(lambda: Event.objects.filter(event_type=MESSAGE_EVENT, attempts__gte=1).exists(), 20, "retrying")
     Switch.objects.create(name=uid_of(message))
     [run] = wait_for(lambda: records(uid_of(message)), 20, "handled by the event queue once switched on")
-    assert run.event_type == "testing.fail_until_switched" and run.metadata["event_data"] == {"status": "valid"}
+    assert run.event_type == "testing.fail_until_switched"
+    assert run.metadata["event_data"] == {"status": "valid"}
     wait_for(lambda: not Event.objects.exists(), 10, "the stored message is gone once handled")
 
 
@@ -234,11 +243,14 @@ def test_malformed_messages_never_crash_the_listener_each_is_counted_acked_and_k
     assert set(tags) <= set(dead), "each malformed message is kept as dead"
     for tag, body in zip(tags, bodies, strict=True):
         event = dead[tag]
-        assert event.event_type == MESSAGE_EVENT and event.last_error.startswith("malformed message: ")
+        assert event.event_type == MESSAGE_EVENT
+        assert event.last_error.startswith("malformed message: ")
         assert event.metadata["body_bytes"] == len(body)
         assert len(event.metadata["raw_body"]) <= 4 * dispatch.DEAD_BODY_COPY_BYTES
     state = snapshot(runner)
-    assert state.running and state.problem is None and state.crashes == 0
+    assert state.running
+    assert state.problem is None
+    assert state.crashes == 0
     assert state.counters["dead"] == len(dead) == state.counters["failed"]
 
 
@@ -282,8 +294,11 @@ def test_a_base_exception_from_a_handler_fails_its_message_and_never_the_listene
     stored = wait_for(lambda: Event.objects.first(), 10, "the failed message stored for retry")
     assert (stored.metadata["subject"], stored.state) == ("testing.base_exception", Event.PENDING)
     state = wait_for(lambda: (s := snapshot(runner)).counters.get("deferred") == 1 and s, 10, "counted")
-    assert state.counters["failed"] == 1 and state.counters["processed"] == 1
-    assert state.running and state.crashes == 0 and state.problem is None
+    assert state.counters["failed"] == 1
+    assert state.counters["processed"] == 1
+    assert state.running
+    assert state.crashes == 0
+    assert state.problem is None
     wait_for(lambda: messages_in_queue(destination) == 0, 20, "both acked", interval=0.5)
 
 
@@ -297,22 +312,26 @@ def test_a_redelivered_message_goes_through_the_event_queue_and_the_next_ones_ke
     runner = run_listener(runners, lock_file, destination, event_queue=False)
     wait_for(lambda: records(uid_of(after)), 10, "the next message handled directly")
     stored = Event.objects.get()
-    assert stored.metadata["body"]["id"] == uid_of(again) and stored.metadata["headers"]["redelivered"] == "true"
+    assert stored.metadata["body"]["id"] == uid_of(again)
+    assert stored.metadata["headers"]["redelivered"] == "true"
     assert not records(uid_of(again)), "the redelivered message was not handled by the listener"
     state = wait_for(lambda: (s := snapshot(runner)).counters.get("redelivered") == 1 and s, 10, "counted")
-    assert state.counters["failed"] == 0 and state.counters["processed"] == 1
+    assert state.counters["failed"] == 0
+    assert state.counters["processed"] == 1
     wait_for(lambda: messages_in_queue(destination) == 0, 20, "acked once stored", interval=0.5)
     # The event queue runs it, under its retry and poison rules.
     drain_events()
     [run] = records(uid_of(again))
-    assert run.metadata["redelivered"] and not Event.objects.exists()
+    assert run.metadata["redelivered"]
+    assert not Event.objects.exists()
 
 
 def test_the_message_in_hand_is_named_in_the_details(runners, lock_file, destination):
     send(destination, [subject_message("testing.record", sleep=2)])
     runner = run_listener(runners, lock_file, destination)
     handling = wait_for(lambda: snapshot(runner).details.get("handling"), 10, "the handler is running")
-    assert handling["subject"] == "testing.record" and handling["message_id"].startswith("T_")
+    assert handling["subject"] == "testing.record"
+    assert handling["message_id"].startswith("T_")
     assert datetime.fromisoformat(handling["since"]).tzinfo is not None
     wait_for(lambda: status_row().details.get("handling"), 10, "in the status row too")
     wait_for(lambda: snapshot(runner).details.get("handling") is None, 10, "nothing in hand once done")
@@ -357,5 +376,7 @@ def test_a_deposed_listener_acks_nothing_drops_the_connection_and_consumes_no_mo
     # Its loop goes on (it ticks) without consuming again, until its runner stops it.
     ticked = handler.status().last_tick
     wait_for(lambda: handler.status().last_tick > ticked + 0.5, 5, "the loop still turns")
-    assert handler.connection is None and consumers_of(destination) == 0
-    assert Handling.objects.count() == 1 and not Event.objects.exists()
+    assert handler.connection is None
+    assert consumers_of(destination) == 0
+    assert Handling.objects.count() == 1
+    assert not Event.objects.exists()

@@ -124,9 +124,11 @@ def test_a_message_id_seen_before_is_a_redelivery_even_without_the_header():
 def test_the_memory_of_message_ids_is_bounded_oldest_forgotten_first():
     recent = RecentIds(size=3)
     assert [recent.seen_before(i) for i in ("a", "b", "c", "a")] == [False, False, False, True]
-    assert not recent.seen_before("d") and len(recent) == 3
+    assert not recent.seen_before("d")
+    assert len(recent) == 3
     assert not recent.seen_before("a"), "the oldest was forgotten"
-    assert not recent.seen_before(None) and not recent.seen_before(""), "no id: never a redelivery"
+    assert not recent.seen_before(None), "no id: never a redelivery"
+    assert not recent.seen_before(""), "no id: never a redelivery"
 
 
 def _registry(*subjects: str) -> HandlerRegistry:
@@ -153,7 +155,8 @@ def test_a_burst_runs_in_one_transaction_with_one_fence_check():
     runner = bursts({"testing.record": record_in_transaction}, fence)
     frames = [frame() for _ in range(10)]
     assert settle(runner, frames) == [PROCESSED] * 10
-    assert fence.checks == 1 and len(transactions) == 1
+    assert fence.checks == 1
+    assert len(transactions) == 1
     assert handled(frames) == [1] * 10
 
 
@@ -170,7 +173,8 @@ def test_a_transaction_ends_once_it_has_run_ack_delay_and_the_burst_goes_on_in_t
     assert next(outcomes) == PROCESSED
     assert handled(frames) == [1, 0, 0], "the slow handler's message committed before the next ones ran"
     assert list(outcomes) == [PROCESSED, PROCESSED]
-    assert fence.checks == 2 and handled(frames) == [1, 1, 1]
+    assert fence.checks == 2
+    assert handled(frames) == [1, 1, 1]
 
 
 # -- a failure: rolled back, then one by one ------------------------------------------------------
@@ -189,7 +193,8 @@ def test_a_failure_rolls_the_burst_back_and_its_messages_run_again_one_at_a_time
     assert fence.checks == 1 + 3 + 1 + 1
     stored = Event.objects.get()
     assert (stored.event_type, stored.state, stored.attempts) == (MESSAGE_EVENT, Event.PENDING, 0)
-    assert stored.metadata["subject"] == "testing.fail" and stored.metadata["body"]["id"] == ids[2]
+    assert stored.metadata["subject"] == "testing.fail"
+    assert stored.metadata["body"]["id"] == ids[2]
     assert stored.object_id == frames[2][0]["message-id"]
 
 
@@ -266,7 +271,8 @@ def test_a_redelivered_message_is_stored_for_the_event_queue_and_not_handled_her
     again = frame(redelivered="true")
     frames = [frame(), again, frame()]
     assert settle(runner, frames) == [PROCESSED, REDELIVERED, PROCESSED]
-    assert uid_of(again) not in calls.counts and handled(frames) == [1, 0, 1]
+    assert uid_of(again) not in calls.counts
+    assert handled(frames) == [1, 0, 1]
     event = Event.objects.get()
     assert (event.event_type, event.state, event.attempts) == (MESSAGE_EVENT, Event.PENDING, 0)
     assert event.object_id == again[0]["message-id"]
@@ -274,7 +280,8 @@ def test_a_redelivered_message_is_stored_for_the_event_queue_and_not_handled_her
     # What the event queue then does with it: the same handler, with the same message.
     queued = QueuedEvent(event.id, event.event_type, event.object_id, event.metadata, 0, event.created_at)
     handle_stored_message(queued, runner.dispatcher.registry)
-    assert calls.counts[uid_of(again)] == 1 and handled(frames) == [1, 1, 1]
+    assert calls.counts[uid_of(again)] == 1
+    assert handled(frames) == [1, 1, 1]
 
 
 def test_a_malformed_redelivered_message_is_kept_dead_as_ever():
@@ -289,7 +296,8 @@ def test_a_message_received_twice_is_handled_once_here_then_stored():
     twice = frame()
     assert settle(runner, [twice]) == [PROCESSED]
     assert settle(runner, [twice]) == [REDELIVERED]
-    assert calls.counts[uid_of(twice)] == 1 and Event.objects.count() == 1
+    assert calls.counts[uid_of(twice)] == 1
+    assert Event.objects.count() == 1
 
 
 # -- fencing ---------------------------------------------------------------------------------------
@@ -304,7 +312,8 @@ def test_a_deposed_runner_commits_nothing_and_runs_no_handler():
     take_epoch("successor", os.getpid(), lock_timeout=5)  # another runner takes the role
     with pytest.raises(Deposed):
         settle(runner, [frame(), *frames[1:]])
-    assert Handling.objects.count() == 1 and not Event.objects.exists()
+    assert Handling.objects.count() == 1
+    assert not Event.objects.exists()
     assert sum(calls.counts.values()) == 1
 
 
@@ -316,7 +325,8 @@ def test_deposed_during_the_one_by_one_rerun_keeps_what_committed_before():
     assert next(outcomes) == PROCESSED
     with pytest.raises(Deposed):
         next(outcomes)
-    assert handled(frames) == [1, 0, 0] and not Event.objects.exists(), "no store of the failed message"
+    assert handled(frames) == [1, 0, 0]
+    assert not Event.objects.exists(), "no store of the failed message"
 
 
 def test_the_message_in_hand_is_known_while_its_handler_runs():
@@ -330,11 +340,13 @@ def test_the_message_in_hand_is_known_while_its_handler_runs():
     before = time.time()
     settle(runner, [(headers, body)])
     [(subject, message_id, since)] = seen
-    assert (subject, message_id) == ("testing.record", headers["message-id"]) and before <= since <= time.time()
+    assert (subject, message_id) == ("testing.record", headers["message-id"])
+    assert before <= since <= time.time()
     assert runner.current is None, "idle again"
 
 
 def test_after_a_burst_the_connection_is_back_in_autocommit():
     runner = bursts({"testing.record": record_message, "testing.fail": Calls().fail})
     settle(runner, [frame(), frame("testing.fail")])
-    assert not connection.in_atomic_block and connection.get_autocommit()
+    assert not connection.in_atomic_block
+    assert connection.get_autocommit()

@@ -53,7 +53,8 @@ def test_broker_urls_fail_over_in_order_with_their_own_credentials_and_tls():
     first, second = config.brokers
     assert (first.host, first.port, first.tls, first.username, first.password) == ("a.example", 1, False, "u@x", "p:w")
     assert (second.host, second.port, second.tls, second.username) == ("b.example", 61613, True, None)
-    assert str(first) == "stomp://a.example:1" and "p:w" not in repr(first)
+    assert str(first) == "stomp://a.example:1"
+    assert "p:w" not in repr(first)
     assert parse_options({"BROKER_URL": ["stomp://[::1]:5"]}).brokers[0].host == "::1"
 
 
@@ -80,7 +81,9 @@ def test_broker_urls_fail_over_in_order_with_their_own_credentials_and_tls():
 )
 def test_invalid_options_name_their_key_and_never_show_a_password(options, key, text):
     [error] = option_errors(options)
-    assert error.key == key and text in str(error) and "hunter2" not in str(error)
+    assert error.key == key
+    assert text in str(error)
+    assert "hunter2" not in str(error)
     with pytest.raises(ValueError, match="OPTIONS"):
         CandlepinHandler("candlepin_events", options, HandlerStats())  # a crash with this text, no I/O
 
@@ -105,8 +108,11 @@ def test_the_subject_comes_from_the_headers_then_the_body_lower_cased():
 def test_a_message_exposes_its_parts_and_parses_event_data_lazily():
     headers, body = subject_message("compliance.created")
     message = parse_message({**headers, "message-id": "m1", "redelivered": "true"}, body, LIMIT)
-    assert message.subject == "compliance.created" and message.message_id == "m1" and message.redelivered
-    assert message.body["target"] == "COMPLIANCE" and message.event_data["status"] == "invalid"
+    assert message.subject == "compliance.created"
+    assert message.message_id == "m1"
+    assert message.redelivered
+    assert message.body["target"] == "COMPLIANCE"
+    assert message.event_data["status"] == "invalid"
     broken = parse_message({}, json.dumps({"target": "POOL", "type": "CREATED", "eventData": "{oops"}), LIMIT)
     assert broken.subject == "pool.created"  # parsing the body does not touch eventData...
     with pytest.raises(MalformedMessage, match="eventData is not JSON"):
@@ -150,7 +156,8 @@ def test_any_body_gives_a_message_or_a_malformed_message_error_and_nothing_else(
         message = parse_message(headers, body, 150)
     except MalformedMessage:
         return
-    assert isinstance(message.body, dict) and message.subject == message.subject.lower()
+    assert isinstance(message.body, dict)
+    assert message.subject == message.subject.lower()
     assert json.loads(json.dumps(message.body, allow_nan=False)) == message.body  # storable as is
 
 
@@ -168,8 +175,9 @@ def test_a_stored_message_is_run_again_through_the_registry():
     headers, body = subject_message("pool.created")
     stored = {"subject": "pool.created", "headers": headers, "body": json.loads(body)}
     handle_stored_message(QueuedEvent(1, "candlepin.message", "m", stored, 0, None), registry)
-    assert isinstance(seen[0], CandlepinMessage) and seen[0].body == stored["body"]
-    with pytest.raises(LookupError, match="no message handler is registered for subject 'pool.deleted'"):
+    assert isinstance(seen[0], CandlepinMessage)
+    assert seen[0].body == stored["body"]
+    with pytest.raises(LookupError, match=r"no message handler is registered for subject 'pool\.deleted'"):
         handle_stored_message(
             QueuedEvent(2, "candlepin.message", "m", {**stored, "subject": "pool.deleted"}, 0, None), registry
         )
@@ -222,7 +230,8 @@ def test_the_depth_probe_reads_rabbitmq_and_jolokia_and_never_guesses(caplog):
         assert DepthProbe(url).read() is None
     caplog.set_level(logging.WARNING)
     assert DepthProbe(f"http://monitor:s3cr3t@127.0.0.1:{free_port()}/api/queues/%2F/q").read() is None
-    assert "s3cr3t" not in caplog.text and "queue depth probe" in caplog.text
+    assert "s3cr3t" not in caplog.text
+    assert "queue depth probe" in caplog.text
     assert [depth_from(d) for d in ({"messages": -1}, {"messages": True}, [], {"value": 2})] == [None, None, None, 2]
 
 
@@ -258,7 +267,8 @@ def test_e006_says_what_is_wrong_with_a_hint_and_no_password(tmp_path):
     }
     with override_settings(KATELLO_EVENTS={"LOCK_FILE": tmp_path / "x.lock", "HANDLERS": handlers}):
         [message] = [m for m in run_checks() if m.id == "katello_events.E006"]
-    assert "'candlepin_events'" in message.msg and "stomp://" in message.hint
+    assert "'candlepin_events'" in message.msg
+    assert "stomp://" in message.hint
     assert "hunter2" not in message.msg + message.hint
 
 

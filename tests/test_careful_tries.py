@@ -82,7 +82,8 @@ def test_a_death_in_the_first_careful_try_is_presumed_to_have_caused_the_one_bef
     event = died_in_a_careful_try(attempts=1)
     consumer(max_attempts=3).process_batch()
     event.refresh_from_db()
-    assert event.attempts == 2 and event.last_error == f"{DIED} (attempt 2 of 3)"
+    assert event.attempts == 2
+    assert event.last_error == f"{DIED} (attempt 2 of 3)"
 
 
 def test_an_event_that_keeps_killing_its_runner_ends_dead():
@@ -135,7 +136,8 @@ def test_base_exceptions_from_a_handler_fail_only_their_event(kind):
     batch = consumer()
     batch.process_batch()  # nothing escapes
     bad = Event.objects.get(object_id="bad")
-    assert bad.attempts == 1 and kind in bad.last_error
+    assert bad.attempts == 1
+    assert kind in bad.last_error
     assert Handling.objects.filter(object_id="good").count() == 1
     assert batch.stats.counters() == {"processed": 1, "failed": 1}
 
@@ -184,7 +186,8 @@ def test_a_new_term_waits_for_the_batch_in_flight_then_the_old_runner_commits_no
     assert Handling.objects.filter(uid="slow").exists(), "the batch in flight committed before the new term"
     thread.join(10)
     assert newer == mine + 1
-    assert outcome["first"] == 1 and isinstance(outcome["deposed"], Deposed)
+    assert outcome["first"] == 1
+    assert isinstance(outcome["deposed"], Deposed)
     assert not Handling.objects.filter(uid="late").exists()
     assert Event.objects.filter(object_id="late", state=Event.PENDING).exists()
 
@@ -259,5 +262,6 @@ def test_a_database_error_in_a_batch_is_run_again_alone_and_charged_once(tmp_pat
     katello_events.push_event("test.db_error", "db", {"tries_log": str(tries)})
     consumer(max_attempts=3).process_batch()
     event = Event.objects.get(object_id="db")
-    assert event.attempts == 1 and "no_such_table" in event.last_error
+    assert event.attempts == 1
+    assert "no_such_table" in event.last_error
     assert len(tries.read_text().splitlines()) == 2

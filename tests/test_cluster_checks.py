@@ -48,7 +48,8 @@ def test_e009_lock_database_on_sqlite():
 def test_w003_lock_database_behind_a_transaction_pool():
     pooled = {**settings.DATABASES["default"], "DISABLE_SERVER_SIDE_CURSORS": True}
     found = messages({"LOCK_BACKEND": "postgres"}, {**settings.DATABASES, "default": pooled})
-    assert [m.id for m in found] == ["katello_events.W003"] and "PgBouncer" in found[0].msg
+    assert [m.id for m in found] == ["katello_events.W003"]
+    assert "PgBouncer" in found[0].msg
 
 
 @pytest.mark.parametrize("key", [True, 2**63, "", 1.5, ["k"]])
@@ -67,4 +68,5 @@ def test_e012_recycle_not_a_bool():
 
 def test_every_new_message_has_a_hint():
     found = messages({"LOCK_BACKEND": "postgres", "LOCK_DATABASE": "x", "LOCK_KEY": "", "MAX_RSS_MB": 0})
-    assert len(found) == 3 and all(m.hint for m in found)
+    assert len(found) == 3
+    assert all(m.hint for m in found)

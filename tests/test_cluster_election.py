@@ -180,7 +180,8 @@ def test_the_watchdog_recycles_a_gunicorn_worker_and_the_next_runner_carries_on(
     assert_handled_once_never_concurrently(uids)
     assert_probe_runs_never_overlap(tmp_path / "probe.log", {})
     row = HandlerStatus.objects.get(name="katello_events")
-    assert row.counters["handovers"] == 1 and "above MAX_RSS_MB 250" in row.last_error
+    assert row.counters["handovers"] == 1
+    assert "above MAX_RSS_MB 250" in row.last_error
     ping = run_manage(database_name, lock_file, "ping", "--json")
     document = json.loads(ping.stdout)
     assert document["services"]["katello_events"]["counters"]["handovers"] == 1
@@ -195,6 +196,7 @@ def test_the_watchdog_makes_run_event_daemon_exit_non_zero_and_a_standby_takes_o
     wait_for(lambda: "is the runner" in first.log(), 60, "the first daemon leads")
     second = start_server(manage_args("run_event_daemon"), **grow_env, **POSTGRES)
     assert first.process.wait(30) != 0
-    assert "handed over: RSS" in first.log() and "exiting so that a fresh process replaces this one" in first.log()
+    assert "handed over: RSS" in first.log()
+    assert "exiting so that a fresh process replaces this one" in first.log()
     wait_for(lambda: "is the runner" in second.log(), 30, "the second daemon leads")
     rows_name(second.pid)

@@ -73,13 +73,15 @@ def test_only_one_process_holds_it_and_death_releases_it(tmp_path):
 def test_fencing_detects_a_removed_or_replaced_lock_file(tmp_path):
     path = tmp_path / "runner.lock"
     election = FileLockElection(str(path))
-    assert election.try_acquire() and election.still_held()
+    assert election.try_acquire()
+    assert election.still_held()
     path.unlink()
     assert not election.still_held()
     path.write_text("")  # a new file at the same path: another inode
     assert not election.still_held()
     election.release()
-    assert election.try_acquire() and election.still_held()
+    assert election.try_acquire()
+    assert election.still_held()
     election.release()
 
 
@@ -96,6 +98,7 @@ def test_a_standby_holding_a_stale_descriptor_reopens_the_path(tmp_path):
     # The old inode is free now, but locking it would not exclude a process that opens the
     # path afresh: the standby must refuse it and lock the file now at the path.
     assert not election.try_acquire()
-    assert election.try_acquire() and election.still_held()
+    assert election.try_acquire()
+    assert election.still_held()
     assert lock_holders(path) == {os.getpid()}
     election.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -96,7 +97,8 @@ def test_push_joins_the_callers_transaction():
 
 
 def test_a_rolled_back_push_leaves_nothing():
-    with pytest.raises(RuntimeError), transaction.atomic():
+    # PT012: raising inside the transaction is the point: it rolls the push back.
+    with pytest.raises(RuntimeError), transaction.atomic():  # noqa: PT012
         katello_events.push_event("test.record", 1)
         raise RuntimeError("the caller's work failed")
     assert not Event.objects.exists()
@@ -168,7 +170,8 @@ def test_failures_retry_with_backoff_then_stay_dead_with_their_error(runners, lo
     run_queue(runners, lock_file, MAX_ATTEMPTS=3)
     dead = wait_for(lambda: Event.objects.filter(state=Event.DEAD).first(), 20, "event kept as dead")
     assert dead.attempts == 3
-    assert "RuntimeError: cannot handle pool-9" in dead.last_error and "Traceback" in dead.last_error
+    assert "RuntimeError: cannot handle pool-9" in dead.last_error
+    assert "Traceback" in dead.last_error
     assert "abc123" not in dead.last_error
     assert not Handling.objects.exists(), "the failing handler's own writes were rolled back"
     messages = [r.getMessage() for r in caplog.records if "pool-9" in r.getMessage()]
@@ -227,7 +230,9 @@ def test_queue_gauges_reach_the_status_row(runners, lock_file):
     Event.objects.create(event_type="test.record", object_id="d", state=Event.DEAD)
     run_queue(runners, lock_file)
     row = wait_for(lambda: (r := status_row()).details.get("deferred") == 1 and r, 10, "gauges written")
-    assert row.queue_depth == 0 and row.details["dead"] == 1 and row.details["oldest_pending_age_s"] is None
+    assert row.queue_depth == 0
+    assert row.details["dead"] == 1
+    assert row.details["oldest_pending_age_s"] is None
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -307,6 +312,6 @@ def test_twin_sweeps_back_off_while_they_find_nothing_and_resume_when_they_do():
             swept.append(False)
     gaps = [i for i, s in enumerate(swept) if s]
     assert gaps[:4] == [0, 2, 6, 14], "the interval doubles while sweeps find nothing"
-    assert max(b - a for a, b in zip(gaps, gaps[1:], strict=False)) == MAX_SWEEP_INTERVAL
+    assert max(b - a for a, b in itertools.pairwise(gaps)) == MAX_SWEEP_INTERVAL
     consumer._swept([(3, "t", "o", None, 0, None)])
     assert consumer._sweep_due(full), "a sweep that finds twins makes the next one due at once"

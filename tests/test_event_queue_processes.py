@@ -86,8 +86,8 @@ def test_a_postgresql_restart_is_reported_then_survived_without_loss(runners, lo
     def recovered():
         try:
             return not Event.objects.exists() and not runner.supervisor.snapshots()[0].problem
-        except Exception:
-            connection.close()  # the database may still be starting
+        except Exception:  # noqa: BLE001 - the database may still be starting: any error means "not yet"
+            connection.close()
             return False
 
     wait_for(recovered, 120, "the handler reconnects and drains the queue")

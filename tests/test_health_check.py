@@ -71,7 +71,8 @@ def test_django_health_check_3_gets_a_backend(monkeypatch):
         v3 = importlib.reload(contrib)
         backend = v3.KatelloEventsHealthCheck()
         backend.run_check()
-        assert isinstance(backend, BaseHealthCheckBackend) and backend.identifier() == "katello_events"
+        assert isinstance(backend, BaseHealthCheckBackend)
+        assert backend.identifier() == "katello_events"
         assert [type(e) for e in backend.errors] == [ServiceUnavailable]
     finally:
         monkeypatch.undo()

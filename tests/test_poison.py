@@ -80,7 +80,8 @@ class Gunicorn:
     def assert_still_serving(self) -> None:
         """The master is up, gunicorn has its three workers again, and nothing halted it."""
         wait_for(lambda: self.keep_up() and len(children(self.server.pid)) == WORKERS, 60, "three workers again")
-        assert "Shutting down: Master" not in self.log() and "Worker failed to boot" not in self.log()
+        assert "Shutting down: Master" not in self.log()
+        assert "Worker failed to boot" not in self.log()
 
 
 class Daemons:
@@ -203,7 +204,7 @@ def run_killer(scenario: str, kind: str, start_server, tmp_path: Path, event_typ
     record(scenario, **result)
 
     assert_kept_dead_after_deaths(event, tries)
-    assert counts["lost"] == 0 and counts["duplicates"] == 0, counts
+    assert (counts["lost"], counts["duplicates"]) == (0, 0), counts
     assert len(set(tries)) == len(tries) == result["deaths"], f"each call took its own process down: {tries}"
     # A death in a normal batch cannot be blamed on one event when it happens (it is charged
     # later, with the first careful try's): the status counts every death after it.
@@ -328,7 +329,7 @@ def test_a_handler_that_never_returns_is_reported_stalled_recycled_and_kept_dead
     record(f"poison_stall_{kind}", **result)
 
     assert_kept_dead_after_deaths(event, tries)
-    assert counts["lost"] == 0 and counts["duplicates"] == 0, counts
+    assert (counts["lost"], counts["duplicates"]) == (0, 0), counts
     # Every runner that got stuck said so, naming the event, for at least one reading.
     assert set(watch.detailed) == set(tries), f"stalls seen for {watch.detailed}, tries by {tries}"
     for message in watch.detailed.values():
@@ -338,7 +339,8 @@ def test_a_handler_that_never_returns_is_reported_stalled_recycled_and_kept_dead
     # Each stuck process was replaced: recycled gracefully by gunicorn, or exited non-zero.
     assert result["deaths"] == len(tries), f"stuck processes still alive: {tries}"
     if isinstance(servers, Gunicorn):
-        assert watch.staff and all("test.block:poison-block" in message for message in watch.staff)
+        assert watch.staff
+        assert all("test.block:poison-block" in message for message in watch.staff)
         assert watch.public, "an anonymous /api/ping never showed the stall"
         assert all(status == 503 and "test.block" not in body for status, body in watch.public)
         assert all(json.loads(body)["services"]["katello_events"]["message"] == "stalled" for _, body in watch.public)
@@ -467,11 +469,12 @@ def test_postgres_fence_session_terminated_mid_batch_two_runners_never_commit_at
         duplicates=counts["duplicates"],
         seconds=round(seconds, 1),
     )
-    assert counts["lost"] == 0 and counts["duplicates"] == 0, counts
+    assert (counts["lost"], counts["duplicates"]) == (0, 0), counts
     assert set(intervals) == {old, new}, f"both runners committed handled events: {intervals}"
     assert_apart(intervals, "commits")
     assert_apart(handling_intervals(uids), "handler runs")
-    assert fence.pid == new and fence.epoch >= 2
+    assert fence.pid == new
+    assert fence.epoch >= 2
     assert all(alive(pid) for pid in pids), "nobody had to die"
 
 
@@ -513,13 +516,15 @@ def test_system_exit_and_other_base_exceptions_from_a_handler_are_ordinary_failu
         seconds=round(seconds, 1),
     )
 
-    assert counts["lost"] == 0 and counts["duplicates"] == 0, counts
+    assert (counts["lost"], counts["duplicates"]) == (0, 0), counts
     for kind, event in events.items():
         assert event.attempts == MAX_ATTEMPTS, (kind, event.attempts)
-        assert kind in event.last_error and DIED not in event.last_error, event.last_error
+        assert kind in event.last_error, event.last_error
+        assert DIED not in event.last_error, event.last_error
         assert set(tries[kind]) == {runner}, f"{kind}: every call in the one runner, which lived: {tries[kind]}"
     # Nothing died and nothing was restarted: the same runner, the same workers, no handler crash.
-    assert lock_holders(lock_file) == {runner} and children(servers.server.pid) == workers
+    assert lock_holders(lock_file) == {runner}
+    assert children(servers.server.pid) == workers
     assert HandlerStatus.objects.get(name="katello_events").restarts == 0
     assert reported["failed_count"] == len(BASE_EXCEPTIONS) * MAX_ATTEMPTS
     # Dead after at most MAX_ATTEMPTS calls of its handler, like a poison that kills its process.

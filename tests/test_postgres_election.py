@@ -50,7 +50,8 @@ def test_keys_are_stable_signed_64_bit_and_per_database():
 
 def test_one_holder_and_release_frees_it_at_once(elections, admin):
     first, second = elections(), elections()
-    assert first.try_acquire() and first.still_held()
+    assert first.try_acquire()
+    assert first.still_held()
     assert not second.try_acquire()
     assert set(holders(admin, 4242)) == {os.getpid()}
     first.release()
@@ -66,7 +67,8 @@ def test_terminating_the_lock_session_fails_fencing_and_the_fence_waits_for_the_
     # The new candidate wins the election lock, but not the fence the old one still holds.
     assert not new.try_acquire()
     old.release()  # what the old runner does once its handlers have stopped
-    assert new.try_acquire() and new.still_held()
+    assert new.try_acquire()
+    assert new.still_held()
 
 
 def test_a_forked_child_leaves_the_parents_lock_sessions_alone(elections):
@@ -91,15 +93,18 @@ def test_a_forked_child_leaves_the_parents_lock_sessions_alone(elections):
 def test_the_lock_connection_is_named_tuned_and_logs_no_password():
     params = client_params({"NAME": "db", "PASSWORD": "hunter2", "OPTIONS": {"application_name": "app"}})
     assert params["application_name"] == f"katello_events lock {os.getpid()}"
-    assert params["keepalives_idle"] <= 5 and params["connect_timeout"] == 5
+    assert params["keepalives_idle"] <= 5
+    assert params["connect_timeout"] == 5
     election = PostgresLockElection({"NAME": "db", "HOST": "h", "PASSWORD": "hunter2"}, 1)
-    assert "hunter2" not in election.describe() and "h:5432/db" in election.describe()
+    assert "hunter2" not in election.describe()
+    assert "h:5432/db" in election.describe()
 
 
 def test_the_server_keeps_the_lock_longer_than_a_cut_off_runner_takes_to_fence_itself():
     tcp = server_keepalives(heartbeat_interval=2.0, stop_timeout=10.0)
     release_after = tcp["tcp_keepalives_idle"] + tcp["tcp_keepalives_interval"] * tcp["tcp_keepalives_count"]
-    assert release_after >= 2.0 + 5 + 10.0 and tcp["tcp_user_timeout"] == release_after * 1000
+    assert release_after >= 2.0 + 5 + 10.0
+    assert tcp["tcp_user_timeout"] == release_after * 1000
     assert release_after <= 25, "a dead host frees the lock within seconds"
 
 
@@ -107,7 +112,8 @@ def test_make_election_picks_the_backend(tmp_path):
     config = {"LOCK_FILE": str(tmp_path / "x.lock"), "HEARTBEAT_INTERVAL": 1.0, "STOP_TIMEOUT": 1.0}
     assert isinstance(make_election(config), FileLockElection)
     pg = make_election({**config, "LOCK_BACKEND": "postgres", "LOCK_KEY": "k"})
-    assert isinstance(pg, PostgresLockElection) and pg.key == derive_key("k", "")
+    assert isinstance(pg, PostgresLockElection)
+    assert pg.key == derive_key("k", "")
     with pytest.raises(ValueError, match="LOCK_BACKEND"):
         make_election({**config, "LOCK_BACKEND": "zookeeper"})
 
@@ -133,12 +139,15 @@ def test_the_watchdog_hands_over_records_why_and_retires(runners, lock_file):
     runner.on_handover = reasons.append
     start(runners, runner)
     wait_for(runner.finished.is_set, 10, "the control loop ended after the handover")
-    assert runner.retired and runner.retired.startswith("handed over: RSS ")
+    assert runner.retired
+    assert runner.retired.startswith("handed over: RSS ")
     assert reasons == [runner.retired]
     assert lock_holders(lock_file) == set(), "the lock is released for a standby"
     row = HandlerStatus.objects.get(name="count")
-    assert not row.running and row.counters["handovers"] == 1
-    assert row.problem.startswith("handed over: RSS") and "above MAX_RSS_MB 1" in row.last_error
+    assert not row.running
+    assert row.counters["handovers"] == 1
+    assert row.problem.startswith("handed over: RSS")
+    assert "above MAX_RSS_MB 1" in row.last_error
 
 
 def test_without_recycling_the_runner_only_retires(runners, lock_file, caplog):
@@ -147,7 +156,8 @@ def test_without_recycling_the_runner_only_retires(runners, lock_file, caplog):
     runner.on_handover = reasons.append
     start(runners, runner)
     wait_for(runner.finished.is_set, 10, "the control loop ended after the handover")
-    assert reasons == [] and "no longer competes" in caplog.text
+    assert reasons == []
+    assert "no longer competes" in caplog.text
     first = HandlerStatus.objects.get(name="count").counters["handovers"]
     second = start(runners, make_runner(lock_file, {"count": ("CountingHandler", {})}, MAX_RSS_MB=1))
     wait_for(second.finished.is_set, 10, "second handover")

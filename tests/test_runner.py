@@ -32,7 +32,9 @@ def test_leader_claims_rows_heartbeats_and_stops_cleanly(runners, lock_file):
 
     assert runner.stop(10)
     final = row("count")
-    assert final.running is False and final.problem == "" and final.last_error == ""
+    assert final.running is False
+    assert final.problem == ""
+    assert final.last_error == ""
     assert final.counters["ignored"] > 0
     assert lock_holders(lock_file) == set()
 
@@ -56,9 +58,12 @@ def test_crashing_handler_is_restarted_with_backoff_and_its_error_redacted(runne
     wait_for(lambda: (row("crash") or HandlerStatus()).restarts >= 3, 10, "crashes counted and restarted")
     crashed = row("crash")
     assert "RuntimeError: boom" in crashed.last_error
-    assert "hunter2" not in crashed.last_error and "hunter2" not in crashed.problem
+    assert "hunter2" not in crashed.last_error
+    assert "hunter2" not in crashed.problem
     assert crashed.last_error_at is not None
-    assert "hunter2" not in caplog.text and "Traceback" in caplog.text and "boom" in caplog.text
+    assert "hunter2" not in caplog.text
+    assert "Traceback" in caplog.text
+    assert "boom" in caplog.text
     assert row("count").running  # the healthy neighbour is unaffected
 
 
@@ -68,13 +73,15 @@ def test_stalled_handler_is_reported_then_handed_over_never_duplicated(runners, 
     runner.on_handover = recycled.append
     start(runners, runner)
     stalled = wait_for(lambda: (r := row("stall")) and r.problem.startswith("stalled") and r, 5, "stall reported")
-    assert not stalled.running and stalled.restarts == 0
+    assert not stalled.running
+    assert stalled.restarts == 0
     assert [t.name for t in threading.enumerate()].count("katello-events:stall") <= 1
     # The stalled thread answered stop(), so the lock was released and the process retired.
     wait_for(lambda: runner.finished.is_set(), 10, "the runner stepped down and retired")
     assert runner.retired.startswith("stalled: handler stall made no progress")
     assert recycled == [runner.retired]
-    assert not runner.wedged and lock_holders(lock_file) == set()
+    assert not runner.wedged
+    assert lock_holders(lock_file) == set()
 
 
 def test_a_handler_that_never_returns_keeps_the_lock_reads_stalled_and_asks_for_a_recycle(runners, lock_file):
@@ -84,16 +91,17 @@ def test_a_handler_that_never_returns_keeps_the_lock_reads_stalled_and_asks_for_
     try:
         start(runners, runner)
         wait_for(lambda: runner.finished.is_set(), 10, "the runner stepped down")
-        assert runner.wedged and recycled and recycled[0].startswith("stalled: handler blocked")
+        assert runner.wedged
+        assert recycled
+        assert recycled[0].startswith("stalled: handler blocked")
         assert lock_holders(lock_file) == {os.getpid()}, "no second runner while the thread lives"
         final = row("blocked")
-        assert not final.running and final.problem.startswith("stalled: handler blocked")
+        assert not final.running
+        assert final.problem.startswith("stalled: handler blocked")
         assert final.problem.endswith("the runner lock is held until this process exits")
         entry = service_entry(final, final.heartbeat_at, 10.0, "1")
-        assert (
-            entry["status"] == "FAIL"
-            and public_document({"services": {"b": entry}})["services"]["b"]["message"] == "stalled"
-        )
+        assert entry["status"] == "FAIL"
+        assert public_document({"services": {"b": entry}})["services"]["b"]["message"] == "stalled"
     finally:
         probe.RELEASE.set()
 
@@ -109,7 +117,8 @@ def test_handler_that_will_not_stop_keeps_the_lock_until_the_process_ends(runner
     assert lock_holders(lock_file) == {os.getpid()}
     assert runner.wedged
     stuck = row("stubborn")
-    assert stuck.running is False and "lock is held until this process exits" in stuck.problem
+    assert stuck.running is False
+    assert "lock is held until this process exits" in stuck.problem
 
 
 def test_failing_to_start_releases_the_lock(runners, lock_file, caplog):
@@ -137,8 +146,10 @@ def test_a_handler_whose_constructor_raises_is_a_crash_not_a_dead_runner(runners
         runners, make_runner(lock_file, {"bad": ("UnconstructibleHandler", {}), "ok": ("CountingHandler", {})})
     )
     wait_for(lambda: (row("bad") or HandlerStatus()).restarts >= 2, 10, "constructor failures counted")
-    assert "ValueError: bad OPTIONS" in row("bad").last_error and "sesame" not in row("bad").last_error
-    assert row("ok").running and runner.leading.is_set()
+    assert "ValueError: bad OPTIONS" in row("bad").last_error
+    assert "sesame" not in row("bad").last_error
+    assert row("ok").running
+    assert runner.leading.is_set()
 
 
 def test_a_broken_status_method_is_reported_and_the_runner_carries_on(runners, lock_file):

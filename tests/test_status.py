@@ -41,7 +41,8 @@ def test_running_rows_are_ok_with_katello_style_message():
     entry = document["services"]["katello_events"]
     assert entry["message"] == "12 Processed, 1 Failed, 3 in queue"
     assert document["services"]["candlepin_events"]["message"] == "12 Processed, 1 Failed"
-    assert entry["runner"]["pid"] == 4242 and entry["runner"]["hostname"] == "host-a"
+    assert entry["runner"]["pid"] == 4242
+    assert entry["runner"]["hostname"] == "host-a"
     assert (entry["processed_count"], entry["failed_count"], entry["queue_depth"], entry["running"]) == (12, 1, 3, True)
     assert isinstance(entry["duration_ms"], str)
 
@@ -50,7 +51,8 @@ def test_stale_heartbeat_reads_not_running():
     make_row("katello_events", age=60)
     make_row("candlepin_events")
     entry = services()["katello_events"]
-    assert entry["status"] == "FAIL" and entry["running"] is False
+    assert entry["status"] == "FAIL"
+    assert entry["running"] is False
     assert entry["message"].startswith("Not running (no heartbeat for 60s")
 
 
@@ -73,7 +75,8 @@ def test_a_stop_with_a_problem_is_fail_at_once():
 def test_a_problem_is_fail_with_its_text():
     make_row("katello_events", problem="database unreachable: OperationalError: boom")
     entry = services()["katello_events"]
-    assert entry["status"] == "FAIL" and entry["running"] is True
+    assert entry["status"] == "FAIL"
+    assert entry["running"] is True
     assert entry["message"] == "database unreachable: OperationalError: boom"
 
 
@@ -200,7 +203,8 @@ def test_ping_command_text_json_and_exit_status():
     out = StringIO()
     call_command("ping", stdout=out)
     text = out.getvalue()
-    assert "Status:          ok" in text and "Server Response: Duration:" in text
+    assert "Status:          ok" in text
+    assert "Server Response: Duration:" in text
 
     out = StringIO()
     call_command("ping", "--json", stdout=out)
@@ -242,7 +246,10 @@ def test_sqlite_without_tables_reads_not_migrated_too():
 
     from katello_events.errors import is_missing_table
 
+    database = sqlite3.connect(":memory:")
     try:
-        sqlite3.connect(":memory:").execute("SELECT * FROM katello_events_handlerstatus")
-    except sqlite3.OperationalError as exc:
-        assert is_missing_table(OperationalError(str(exc)))
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            database.execute("SELECT * FROM katello_events_handlerstatus")
+    finally:
+        database.close()
+    assert is_missing_table(OperationalError(str(raised.value)))

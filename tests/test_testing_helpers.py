@@ -27,12 +27,14 @@ class DrainEventsTests(TestCase):
         stats = drain_events()
         assert stats.counters()["failed"] == 1
         dead = Event.objects.get()
-        assert dead.state == Event.DEAD and "cannot handle x" in dead.last_error
+        assert dead.state == Event.DEAD
+        assert "cannot handle x" in dead.last_error
 
 
 def test_make_message_builds_what_a_handler_receives():
     message = make_message("pool.created", {"entityId": "pool-1"}, event_data={"quantity": 5})
     assert message.subject == "pool.created"
-    assert message.body["entityId"] == "pool-1" and message.body["target"] == "POOL"
+    assert message.body["entityId"] == "pool-1"
+    assert message.body["target"] == "POOL"
     assert message.event_data == {"quantity": 5}
     assert message.headers["EVENT_TYPE"] == "CREATED"

@@ -28,8 +28,10 @@ def test_defaults_apply_and_override_settings_clears_the_cache(tmp_path):
 def test_the_config_is_typed_read_only_and_still_a_mapping(tmp_path):
     with override_settings(KATELLO_EVENTS={"STALE_AFTER": 42.0, "LOCK_FILE": tmp_path / "x.lock"}):
         config = get_config()
-    assert isinstance(config, Config) and config.STALE_AFTER == 42.0 == config["STALE_AFTER"]
-    assert {**config}["STOP_TIMEOUT"] == config.STOP_TIMEOUT and config.get("NOPE") is None
+    assert isinstance(config, Config)
+    assert config.STALE_AFTER == 42.0 == config["STALE_AFTER"]
+    assert {**config}["STOP_TIMEOUT"] == config.STOP_TIMEOUT
+    assert config.get("NOPE") is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.STALE_AFTER = 1.0  # type: ignore[misc]  # the point: it cannot be changed
     assert dataclasses.replace(config, STALE_AFTER=7.0).STALE_AFTER == 7.0
@@ -106,7 +108,8 @@ def test_management_command_detection():
 )
 def test_redact(text, expected):
     assert redact(text) == expected
-    assert "s3cr3t" not in redact(text) and "hunter2" not in redact(text)
+    assert "s3cr3t" not in redact(text)
+    assert "hunter2" not in redact(text)
 
 
 def test_error_pages_hide_passwords_inside_setting_values():

@@ -71,7 +71,7 @@ class ContentViewVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["content_view", "number"], name="katello_cv_version_unique")]
+        constraints = (models.UniqueConstraint(fields=["content_view", "number"], name="katello_cv_version_unique"),)
 
     def __str__(self) -> str:
         return f"{self.content_view} {self.number}"

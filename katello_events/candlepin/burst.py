@@ -20,7 +20,7 @@ Anything a handler raises is a failure of its message, ``SystemExit``, ``Keyboar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 
 from django.db import DatabaseError, connections, transaction
 
@@ -74,7 +74,7 @@ class BurstRunner:
         #: (subject, message-id, wall-clock start) of the item in hand; None between bursts.
         self.current: tuple[str, str | None, float] | None = None
 
-    def run(self, items: Sequence[Item]) -> Iterator[str]:
+    def run(self, items: Sequence[Item]) -> Generator[str, None, None]:
         """Settle ``items`` in order: yields each one's outcome once it has committed."""
         try:
             start = 0
@@ -116,10 +116,11 @@ class BurstRunner:
             message = item.message
             self.current = (message.subject, message.message_id, time.time()) if message else None
             return self.dispatcher.settle(item)
-        message = item.message
+        message, function = item.parsed(), item.function
+        assert function is not None  # noqa: S101 - narrows the type: dispatch gives every RUN item its handler
         self.current = (message.subject, message.message_id, time.time())
         try:
-            item.function(message)
+            function(message)
         except BaseException as exc:  # SystemExit & co. too: a failure of this message, not of the thread
             raise _HandlerFailed(position, position + 1, exc) from exc
         if self._spoilt():

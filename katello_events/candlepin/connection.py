@@ -127,7 +127,9 @@ class BrokerConnection:
                     wait=False,
                     headers={"client-id": settings.client_id},
                 )
-            except Exception as exc:  # ConnectFailedException says nothing; stomp.py logged the cause
+            # Whatever stomp.py raises here (ConnectFailedException says nothing), the cause it logged
+            # was kept by capture_connect_errors().
+            except Exception as exc:  # noqa: BLE001 - see above
                 raise ConnectionError(errors[-1] if errors else describe_error(exc)) from None
         self._wait_for(self.listener.connected.is_set, "no CONNECTED frame", should_stop)
         receipt = uuid.uuid4().hex
@@ -224,7 +226,7 @@ class BrokerConnection:
             else:  # TLS: stomp.py's own thread writes; hand it each frame the usual way
                 for ack_id in ids:
                     self._stomp.ack(ack_id)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to write loses the connection; the broker redelivers
             logger.warning(
                 "could not ack %d message(s), they will be delivered again: %s", len(ids), describe_error(exc)
             )
@@ -256,7 +258,7 @@ def open_connection(settings: ListenerSettings, should_stop: Callable[[], bool])
         connection = BrokerConnection(address, settings)
         try:
             connection.open(should_stop)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the next broker of the list is tried
             connection.close()
             text = str(exc) if isinstance(exc, ConnectionError) and str(exc) else describe_error(exc)
             problems.append(f"{address}: {text}")

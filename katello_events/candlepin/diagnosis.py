@@ -50,7 +50,8 @@ class _ConnectErrorCapture(logging.Filter):
 
     @contextmanager
     def capturing(self) -> Iterator[list[str]]:
-        self._local.errors = errors = []
+        errors: list[str] = []
+        self._local.errors = errors
         try:
             yield errors
         finally:

@@ -90,6 +90,11 @@ class Item:
     #: Why a malformed message cannot be understood.
     problem: str = ""
 
+    def parsed(self) -> CandlepinMessage:
+        """The parsed message, which every kind of item but MALFORMED has."""
+        assert self.message is not None, f"a {self.kind} item has no message"  # noqa: S101 - narrows the type
+        return self.message
+
 
 class Dispatcher:
     """Sorts messages and settles those no handler runs now, in the calling thread."""
@@ -120,7 +125,7 @@ class Dispatcher:
     def settle(self, item: Item) -> str:
         """The outcome of an item no handler runs now: ignored, stored as redelivered, or kept dead."""
         if item.kind == IGNORE:
-            self._note_ignored(item.message.subject)
+            self._note_ignored(item.parsed().subject)
             return IGNORED
         if item.kind == STORE:
             return store(item)
@@ -138,7 +143,7 @@ class Dispatcher:
 def store(item: Item, error: BaseException | None = None) -> str:
     """Store a parsed message as a ``candlepin.message`` event: redelivered (no ``error``) or
     failed with ``error``; the outcome. A message the database refuses is kept dead instead."""
-    message = item.message
+    message = item.parsed()
     metadata = {"subject": message.subject, "headers": message.headers, "body": message.body}
     delay = error.seconds if isinstance(error, RetryLater) else None
     alias = queue_alias()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 _UNSET: Any = object()
 
@@ -34,7 +34,7 @@ class CandlepinMessage:
       fails the handler (and so retries the message, then keeps it as dead).
     """
 
-    __slots__ = ("subject", "headers", "body", "_event_data")
+    __slots__ = ("_event_data", "body", "headers", "subject")
 
     def __init__(self, subject: str, headers: Mapping[str, str], body: dict[str, Any]) -> None:
         self.subject = subject
@@ -107,7 +107,7 @@ def load_json(text: str, *, what: str) -> Any:
         raise MalformedMessage(f"{what} is not JSON: {exc}") from None
 
 
-def _usable(value: Any) -> bool:
+def _usable(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value.strip())
 
 

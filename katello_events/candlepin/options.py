@@ -95,7 +95,7 @@ def parse_options(options: Mapping[str, Any]) -> ListenerSettings:
     settings, errors = _parse(options)
     if errors:
         raise errors[0]
-    assert settings is not None
+    assert settings is not None  # noqa: S101 - narrows the type: _parse() gives None only with errors
     return settings
 
 

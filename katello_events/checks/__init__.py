@@ -7,6 +7,7 @@ PostgreSQL driver check (E014).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -65,7 +66,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return messages
 
 
-def _check_intervals(config: dict[str, Any]) -> list[CheckMessage]:
+def _check_intervals(config: Mapping[str, Any]) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     for key in _INTERVALS:
         value = config.get(key)

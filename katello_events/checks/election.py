@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 
-def check_election(config: dict[str, Any]) -> list[CheckMessage]:
+def check_election(config: Mapping[str, Any]) -> list[CheckMessage]:
     backend = config.get("LOCK_BACKEND")
     if backend == "file":
         return check_lock_file(config["LOCK_FILE"])
@@ -61,7 +62,7 @@ def check_lock_key(key: Any) -> list[CheckMessage]:
     ]
 
 
-def check_watchdog(config: dict[str, Any]) -> list[CheckMessage]:
+def check_watchdog(config: Mapping[str, Any]) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     limit = config.get("MAX_RSS_MB")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):

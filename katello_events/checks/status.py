@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 
-def check_status_settings(config: dict[str, Any], databases: dict[str, Any] | None = None) -> list[CheckMessage]:
+def check_status_settings(config: Mapping[str, Any], databases: dict[str, Any] | None = None) -> list[CheckMessage]:
     databases = settings.DATABASES if databases is None else databases
     return _check_thresholds(config.get("QUEUE_DEPTH_WARNING")) + _check_sqlite(config, databases)
 
@@ -27,7 +28,7 @@ def _check_thresholds(setting: Any) -> list[CheckMessage]:
     ]
 
 
-def _check_sqlite(config: dict[str, Any], databases: dict[str, Any]) -> list[CheckMessage]:
+def _check_sqlite(config: Mapping[str, Any], databases: dict[str, Any]) -> list[CheckMessage]:
     engine = databases.get("default", {}).get("ENGINE", "")
     if "sqlite" not in engine or not config.get("AUTOSTART"):
         return []

@@ -48,7 +48,7 @@ try:
 except ImportError:  # django-health-check 3
     from health_check.backends import BaseHealthCheckBackend
 
-    class KatelloEventsHealthCheck(BaseHealthCheckBackend):  # type: ignore[no-redef]
+    class KatelloEventsHealthCheck(BaseHealthCheckBackend):
         """The katello_events handlers, as a django-health-check 3 backend."""
 
         critical_service = True
@@ -61,7 +61,7 @@ except ImportError:  # django-health-check 3
             return "katello_events"
 
 else:
-
+    # One class per major version of django-health-check; only one of the two is ever defined.
     @dataclasses.dataclass
     class KatelloEventsHealthCheck(HealthCheck):  # type: ignore[no-redef]
         """The katello_events handlers, as a django-health-check 4 check."""

@@ -10,6 +10,7 @@ lock"). Imports nothing from the package but ``libpq``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from katello_events.election.file_lock import FileLockElection, LockFileError
@@ -27,7 +28,7 @@ class Election(Protocol):
     def describe(self) -> str: ...
 
 
-def make_election(config: dict[str, Any], databases: dict[str, Any] | None = None) -> Election:
+def make_election(config: Mapping[str, Any], databases: dict[str, Any] | None = None) -> Election:
     """The election the configuration asks for (``LOCK_BACKEND``); raises ValueError on an unknown one."""
     backend = config.get("LOCK_BACKEND", "file")
     if backend == "file":

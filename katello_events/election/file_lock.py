@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TextIO
 
 import fasteners
 
@@ -25,6 +26,9 @@ class LockFileError(RuntimeError):
 
 class _SafeInterProcessLock(fasteners.InterProcessLock):
     """fasteners' lock, with the file opened by :func:`open_lock_file` instead of ``open(path, "a")``."""
+
+    # fasteners is untyped: this is the attribute its lock keeps the open file in.
+    lockfile: TextIO | None
 
     def _do_open(self) -> None:
         if self.lockfile is None or self.lockfile.closed:

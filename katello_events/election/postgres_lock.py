@@ -133,7 +133,7 @@ class _SessionLock:
             with self.connection.cursor() as cursor:
                 cursor.execute(_HELD_QUERY, _lock_ids(self.key))
                 return bool(cursor.fetchone()[0])
-        except Exception:
+        except Exception:  # noqa: BLE001 - any error means "not held": the runner steps down
             return False
 
     def release(self) -> None:
@@ -143,8 +143,8 @@ class _SessionLock:
                     # Unlock explicitly so the next candidate can win at once, without waiting
                     # for the server to notice the closed connection.
                     cursor.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-            except Exception:
-                pass  # closing the session below releases it anyway
+            except Exception:  # noqa: BLE001, S110 - closing the session below releases it anyway
+                pass
         self.close()
 
     def close(self) -> None:

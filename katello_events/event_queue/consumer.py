@@ -82,7 +82,8 @@ RETURNING id, event_type, object_id, metadata, attempts, EXTRACT(EPOCH FROM crea
 _TAKE_SQL = _PICK_SQL.format(fenced="")
 # The fencing check rides in the claim itself (no round trip of its own): a deposed runner
 # claims nothing, and the fence row stays share-locked until the batch commits.
-_FENCED_TAKE_SQL = "WITH " + FENCE_CTE + _PICK_SQL.format(fenced=" AND EXISTS (SELECT 1 FROM fence)")
+# (S608: every piece is a constant of ours; values go as query parameters.)
+_FENCED_TAKE_SQL = "WITH " + FENCE_CTE + _PICK_SQL.format(fenced=" AND EXISTS (SELECT 1 FROM fence)")  # noqa: S608
 
 # One index probe per pair; the ORM would compile a 100-branch OR for every batch.
 _TAKE_TWINS_SQL = """
@@ -161,8 +162,9 @@ class BatchConsumer:
                 self._delete_taken(groups)
         except _BatchFailed as failure:
             path = "one by one"  # rolled back: every group of the batch is pending again, untouched
-            if failure.group is not None and not isinstance(failure.__cause__, DatabaseError):
-                culprit = (failure.group, failure.__cause__)
+            cause = failure.__cause__  # the handler's exception whenever ``group`` is set
+            if failure.group is not None and cause is not None and not isinstance(cause, DatabaseError):
+                culprit = (failure.group, cause)
         except _TakeCarefully:
             path = "careful"
         finally:
@@ -210,8 +212,8 @@ class BatchConsumer:
         runnable = self.events.select_for_update(skip_locked=True).filter(state=Event.PENDING, run_after__lte=Now())
         rows = list(runnable.order_by("id").values_list(*_COLUMNS)[: self.batch_size])
         if self._sweep_due(rows):
-            pairs = {(row[1], row[2]) for row in rows}
-            same_pair = functools.reduce(operator.or_, (Q(event_type=t, object_id=o) for t, o in pairs))
+            wanted = {(row[1], row[2]) for row in rows}
+            same_pair = functools.reduce(operator.or_, (Q(event_type=t, object_id=o) for t, o in wanted))
             claimed = [row[0] for row in rows]
             pending = self.events.select_for_update(skip_locked=True).filter(state=Event.PENDING)
             twins = pending.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
@@ -302,7 +304,7 @@ class BatchConsumer:
             try:
                 with transaction.atomic(using=self.alias):  # a savepoint: the handler's own writes
                     function(event)
-            except BaseException as exc:  # anything a handler raises fails its event, nothing more
+            except BaseException as exc:  # noqa: BLE001 - anything a handler raises fails its event, nothing more
                 return self._settle_raised(group, event, exc)
             finally:
                 self.handling = None
@@ -373,6 +375,7 @@ class BatchConsumer:
             fields.update(state=Event.DEAD, last_error=f"no handler is registered for event type {event.event_type!r}")
             logger.error("event %s dropped to dead: %s", _label(event), fields["last_error"], extra=_extra(event))
         elif outcome == "failed":
+            assert error is not None  # noqa: S101 - narrows the type: "failed" comes only from _settle_raised()
             attempts += 1
             fields["last_error"] = _error_text(error)
             if attempts >= self.retry.max_attempts:
@@ -430,7 +433,9 @@ def _error_text(error: BaseException | None) -> str:
     return redact(text[-MAX_ERROR_LENGTH:])
 
 
-def _log_failure(event: QueuedEvent, attempts: int, max_attempts: int, delay: float, error, *, dead: bool) -> None:
+def _log_failure(
+    event: QueuedEvent, attempts: int, max_attempts: int, delay: float, error: BaseException, *, dead: bool
+) -> None:
     what = "kept as dead" if dead else f"retrying in {delay:g}s"
     logger.error(
         "event handler for %s failed (attempt %d of %d), %s: %s",

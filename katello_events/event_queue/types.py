@@ -14,7 +14,7 @@ class UnknownEventType(LookupError):
     """``push_event`` was given an event type no handler is registered for."""
 
 
-class RetryLater(Exception):  # noqa: N818 - reads as what the handler asks for
+class RetryLater(Exception):  # no "Error" suffix (N818 is off): reads as what the handler asks for
     """Raised by a handler to be run again in ``seconds``: neither a failure nor lost.
 
     For conflicts a later attempt will not meet (a lock held elsewhere, a resource busy). The

@@ -73,7 +73,7 @@ class EventQueueHandler(Handler):
                 except Deposed as exc:
                     self._deposed(exc)
                     return
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - the loop outlives any failure; _on_outage reports it
                     self._on_outage(exc)
                     continue
                 if handled == 0:
@@ -133,7 +133,7 @@ class EventQueueHandler(Handler):
             try:
                 if self._listener.wait(min(remaining, _STOP_CHECK)):
                     return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as in run(): reported by _on_outage, then retried
                 self._on_outage(exc)
                 return
 

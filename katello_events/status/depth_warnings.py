@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from katello_events.conf import queue_depth_threshold
@@ -22,7 +23,7 @@ class QueueDepthMonitor:
     The state is the runner's: a new runner announces a queue that is still too deep once more.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = config
         self.exceeded: set[str] = set()
 

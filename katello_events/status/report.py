@@ -7,10 +7,11 @@ a missing row, a stale heartbeat or an unreachable database become FAIL services
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db import Error, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 
 from katello_events.conf import get_config, queue_depth_threshold
@@ -32,7 +33,7 @@ def collect_status() -> dict[str, Any]:
     started = time.monotonic()
     try:
         rows, db_now = _read_rows(names, float(config["PING_TIMEOUT"]))
-    except DatabaseError as exc:
+    except Error as exc:  # InterfaceError (a closed connection) is not a DatabaseError
         return unreachable_document(names, _read_failure(exc))
     duration_ms = str(round((time.monotonic() - started) * 1000))
     by_name = {row.name: row for row in rows}
@@ -50,7 +51,7 @@ def collect_status() -> dict[str, Any]:
     return {"status": overall(services), "services": services}
 
 
-def _read_failure(exc: DatabaseError) -> str:
+def _read_failure(exc: Error) -> str:
     """What a failed status read says: the tables are missing, the database is away, or else."""
     if is_missing_table(exc):  # SQLite reports it as an OperationalError, PostgreSQL not
         return NOT_MIGRATED
@@ -60,12 +61,12 @@ def _read_failure(exc: DatabaseError) -> str:
     return f"status unreadable: {redact(describe_error(exc))}"
 
 
-def handover_grace(config: dict[str, Any]) -> float:
+def handover_grace(config: Mapping[str, Any]) -> float:
     """Seconds a clean stop reads as a hand-over: a few standby attempts, at least one second."""
     return max(1.0, 5 * float(config["STANDBY_INTERVAL"]))
 
 
-def _read_rows(names: list[str], timeout: float) -> tuple[list[HandlerStatus], datetime | None]:
+def _read_rows(names: list[str], timeout: float) -> tuple[Sequence[HandlerStatus], datetime | None]:
     """The rows and the database's clock; a slow database fails after ``timeout`` seconds."""
     connection = connections["default"]
     with transaction.atomic():

@@ -17,7 +17,7 @@ from katello_events.status.report import FAIL, collect_status
 
 class Command(BaseCommand):
     help = "Print the status of the katello_events handlers; exit 1 when any is FAIL."
-    requires_system_checks: list[str] = []
+    requires_system_checks = ()
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--json", action="store_true", help="Print the full status document as JSON.")
