@@ -158,3 +158,34 @@ def http_get(port: int, path: str = "/api/ping", timeout: float = 5.0) -> int:
         return 0
     finally:
         conn.close()
+
+
+class DaemonFleet:
+    """``run_event_daemon`` processes kept at ``count``: one that exits is replaced, as systemd's
+    ``Restart=always`` would (each poison death or recycle costs a process), so a standby is
+    always there. ``start_server`` is the fixture of tests/conftest.py."""
+
+    def __init__(self, start_server: Callable[..., Server], count: int = 2, **env: str) -> None:
+        self.start_server = start_server
+        self.env = env
+        self.running: list[Server] = []
+        self.all: list[Server] = []
+        self.exits: dict[int, int] = {}  # pid -> exit status of every daemon that ended
+        for _ in range(count):
+            self._add()
+
+    def _add(self) -> None:
+        server = self.start_server(manage_args("run_event_daemon"), **self.env)
+        self.running.append(server)
+        self.all.append(server)
+
+    def keep_up(self) -> bool:
+        """Replace the daemons that ended; True, so it can sit in a wait_for condition."""
+        for server in [s for s in self.running if s.process.poll() is not None]:
+            self.running.remove(server)
+            self.exits[server.pid] = server.process.returncode
+            self._add()
+        return True
+
+    def log(self) -> str:
+        return "\n".join(server.log() for server in self.all)

@@ -23,7 +23,7 @@ from katello_events.candlepin.dispatch import MESSAGE_EVENT
 from katello_events.models import Event, HandlerStatus
 from tests.candlepin_support import BROKER_URL, messages_in_queue, send, subject_message
 from tests.chaos_results import record
-from tests.support import Server, alive, manage_args, wait_for
+from tests.support import DaemonFleet, alive, wait_for
 from tests.test_chaos import all_handled, chaos_messages, tally
 
 pytestmark = [
@@ -39,29 +39,6 @@ ORDINARY = 100
 #: What the last error of an event says when its runner died while handling it.
 DIED = "the runner died while handling it"
 POISON = "poison"
-
-
-class Daemons:
-    """``run_event_daemon`` processes kept at DAEMONS, as systemd's ``Restart=always`` would keep
-    them: one that exits is replaced, so a standby is always there."""
-
-    def __init__(self, start_server, **env: str) -> None:
-        self.start_server = start_server
-        self.env = env
-        self.running: list[Server] = []
-        self.exits: dict[int, int] = {}  # pid -> exit status of every daemon that ended
-        for _ in range(DAEMONS):
-            self._add()
-
-    def _add(self) -> None:
-        self.running.append(self.start_server(manage_args("run_event_daemon"), **self.env))
-
-    def keep_up(self) -> bool:
-        for server in [s for s in self.running if s.process.poll() is not None]:
-            self.running.remove(server)
-            self.exits[server.pid] = server.process.returncode
-            self._add()
-        return True
 
 
 def tries(tries_log: Path) -> list[int]:
@@ -80,8 +57,9 @@ def test_a_candlepin_message_that_sigkills_its_process_ends_dead_and_the_rest_fl
     poison = subject_message("testing.sigkill", id=POISON, tries_log=str(tries_log))
     send(destination, [poison, *chaos_messages(uids)])  # the poison first: in the first burst
     started = time.monotonic()
-    daemons = Daemons(
+    daemons = DaemonFleet(
         start_server,
+        DAEMONS,
         CANDLEPIN_QUEUE=destination,
         CANDLEPIN_BROKER_URL=BROKER_URL,
         KATELLO_EVENTS_MAX_ATTEMPTS=str(MAX_ATTEMPTS),

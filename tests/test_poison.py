@@ -42,7 +42,16 @@ from tests.candlepin_support import new_destination
 from tests.chaos_results import record
 from tests.cluster_support import admin_connection
 from tests.eventsapp.models import Handling
-from tests.support import Server, alive, children, free_port, gunicorn_args, lock_holders, manage_args, wait_for
+from tests.support import (
+    DaemonFleet,
+    alive,
+    children,
+    free_port,
+    gunicorn_args,
+    lock_holders,
+    manage_args,
+    wait_for,
+)
 from tests.test_chaos import all_handled, push_events, tally
 from tests.test_cluster_election import the_runner
 
@@ -84,33 +93,11 @@ class Gunicorn:
         assert "Worker failed to boot" not in self.log()
 
 
-class Daemons:
-    """``run_event_daemon`` processes kept at ``count``: one that exits is replaced, as systemd's
-    ``Restart=always`` would (each poison death or recycle costs a process)."""
+class Daemons(DaemonFleet):
+    """Two daemons on a Candlepin destination of their own."""
 
     def __init__(self, start_server, count: int = 2, **env: str) -> None:
-        self.start_server = start_server
-        self.env = {"CANDLEPIN_QUEUE": new_destination(), **env}
-        self.running: list[Server] = []
-        self.exits: dict[int, int] = {}  # pid -> exit status of every daemon that ended
-        self.all: list[Server] = []
-        for _ in range(count):
-            self._add()
-
-    def _add(self) -> None:
-        server = self.start_server(manage_args("run_event_daemon"), **self.env)
-        self.running.append(server)
-        self.all.append(server)
-
-    def keep_up(self) -> bool:
-        for server in [s for s in self.running if s.process.poll() is not None]:
-            self.running.remove(server)
-            self.exits[server.pid] = server.process.returncode
-            self._add()
-        return True
-
-    def log(self) -> str:
-        return "\n".join(server.log() for server in self.all)
+        super().__init__(start_server, count, **{"CANDLEPIN_QUEUE": new_destination(), **env})
 
     def assert_still_serving(self) -> None:
         self.keep_up()
