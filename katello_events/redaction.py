@@ -7,11 +7,20 @@ from typing import Any
 
 from django.views.debug import SafeExceptionReporterFilter
 
-# user:password@ in any URL-ish text (stomp://, postgres://, amqp://, https://).
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s]*)@", re.I)
-# key=value or key: value pairs whose key says secret (libpq DSNs, headers, reprs).
+# user:password@ in any URL-ish text (stomp://, postgres://, amqp://, https://). The password
+# runs to the *last* @ of the URL, not the first: "stomp://guest:p@ss@host" hides "p@ss" whole.
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^\s]*)@(?=[^\s@]*(?:[\s,;)\]}'\"]|$))",
+    re.I,
+)
+# The same URL percent-encoded as a whole (a query string, a header): %3A%2F%2F, %3A and %40.
+_ENCODED_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*%3A%2F%2F)(?P<user>(?:(?!%3A|%40)[^\s&])*)%3A(?P<password>\S*?)%40", re.I
+)
+# key=value or key: value pairs whose key says secret (libpq DSNs, headers, reprs, environment
+# dumps): DB_PASSWORD=, PGPASSWORD=, "secret_key": and the like, whatever the prefix or suffix.
 _KEY_VALUE = re.compile(
-    r"(?P<key>\b(?:password|passwd|passcode|secret|token|api_key|private_key)\b['\"]?\s*[=:]\s*['\"]?)"
+    r"(?P<key>\b\w*?(?:password|passwd|passcode|secret|token|api_?key|private_?key)\w*['\"]?\s*[=:]\s*['\"]?)"
     r"(?P<value>[^\s'\",;&)}]+)",
     re.I,
 )
@@ -20,8 +29,12 @@ MASK = "********"
 
 
 def redact(text: str) -> str:
-    """``text`` with URL passwords and ``password=...``-style values replaced by a mask."""
+    """``text`` with URL passwords and ``password=...``-style values replaced by a mask.
+
+    Redact whole texts, then cut them: a cut can start inside a URL, where no pattern sees it.
+    """
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _ENCODED_URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}%3A{MASK}%40", text)
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{MASK}", text)
 
 

@@ -430,7 +430,7 @@ def _error_text(error: BaseException | None) -> str:
     if error is None:
         return ""
     text = "".join(traceback.format_exception(error))
-    return redact(text[-MAX_ERROR_LENGTH:])
+    return redact(text)[-MAX_ERROR_LENGTH:]  # redacted whole: a cut may start inside a URL
 
 
 def _log_failure(
