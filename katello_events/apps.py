@@ -17,7 +17,9 @@ class KatelloEventsConfig(AppConfig):
         from katello_events import checks  # noqa: F401  (registers the system checks)
         from katello_events.conf import reset_config
         from katello_events.lifecycle import start_on_first_request
+        from katello_events.log import redact_third_party_loggers
 
+        redact_third_party_loggers()  # no thread, no query: a filter on three loggers
         setting_changed.connect(reset_config, dispatch_uid="katello_events.reset_config")
         request_started.connect(start_on_first_request, dispatch_uid="katello_events.autostart")
         # Event handlers register themselves when their apps' events.py modules are imported.

@@ -93,6 +93,19 @@ class Config(Mapping[str, Any]):
     # Who sees error texts, hostnames and pids in /api/ping and on /about/:
     # "staff" (authenticated staff users), "authenticated", "everyone" or "nobody".
     DETAILS_VISIBLE_TO: str = "staff"
+    # Largest metadata push_event accepts, in bytes of its JSON (a ValueError above it, before
+    # anything is written): one event is not a place for bulk data.
+    MAX_METADATA_BYTES: int = 1024 * 1024
+    # Dead events kept at most (the oldest dead are pruned first by the runner; None: no limit),
+    # and seconds a dead event is kept (None: for ever). A flood of bad input cannot fill the disk.
+    DEAD_EVENT_LIMIT: int | None = 10_000
+    DEAD_EVENT_RETENTION: float | None = 30 * 24 * 3600.0
+    # Who may read /metrics at all: "everyone" (Prometheus scrapes anonymously), "staff",
+    # "authenticated", or "nobody" (the URL answers 404: turned off).
+    METRICS_VISIBLE_TO: str = "everyone"
+    # Serve the runner_info metric (hostname and pid) to every reader /metrics admits, not only
+    # to those DETAILS_VISIBLE_TO names: for a Prometheus that scrapes anonymously.
+    METRICS_INCLUDE_RUNNER: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Config:

@@ -19,7 +19,8 @@ Per handler (label ``handler``)::
 A metric whose value is unknown (no status row yet, database unreachable) is left out rather
 than reported as 0, so a rate() never sees a fake reset; ``katello_events_up`` is always there.
 ``runner_info`` names hosts and pids, so it is only served to the readers that
-``DETAILS_VISIBLE_TO`` names, like the details of ``/api/ping``.
+``DETAILS_VISIBLE_TO`` names, like the details of ``/api/ping``, unless ``METRICS_INCLUDE_RUNNER``
+serves it to every reader ``METRICS_VISIBLE_TO`` admits (``"nobody"`` turns /metrics off).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 
+from katello_events.conf import get_config
 from katello_events.status.report import FAIL, collect_status
-from katello_events.views import details_visible
+from katello_events.views import audience_admits, details_visible
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -56,7 +58,13 @@ def metrics(request: HttpRequest) -> HttpResponse:
         import prometheus_client  # noqa: F401  (only asks whether the optional extra is there)
     except ImportError:
         return HttpResponse(MISSING_CLIENT, status=501, content_type="text/plain; charset=utf-8")
-    body, content_type = render(collect_status(), request.headers.get("Accept", ""), details_visible(request))
+    config = get_config()
+    if config.METRICS_VISIBLE_TO == "nobody":
+        raise Http404("/metrics is turned off (KATELLO_EVENTS['METRICS_VISIBLE_TO'] is 'nobody')")
+    if not audience_admits(request, config.METRICS_VISIBLE_TO):
+        return HttpResponse("not allowed to read the metrics\n", status=403, content_type="text/plain; charset=utf-8")
+    include_runner = config.METRICS_INCLUDE_RUNNER or details_visible(request)
+    body, content_type = render(collect_status(), request.headers.get("Accept", ""), include_runner)
     return HttpResponse(body, content_type=content_type)
 
 

@@ -15,7 +15,11 @@ from katello_events.status.report import FAIL, WARN, collect_status, public_docu
 
 def details_visible(request: HttpRequest) -> bool:
     """Whether this caller may see error texts, hostnames and pids (``DETAILS_VISIBLE_TO``)."""
-    audience = get_config()["DETAILS_VISIBLE_TO"]
+    return audience_admits(request, get_config()["DETAILS_VISIBLE_TO"])
+
+
+def audience_admits(request: HttpRequest, audience: str) -> bool:
+    """Whether ``audience`` ("staff", "authenticated", "everyone", "nobody") takes this caller in."""
     if audience not in ("authenticated", "staff"):
         return audience == "everyone"
     try:

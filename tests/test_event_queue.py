@@ -315,3 +315,42 @@ def test_twin_sweeps_back_off_while_they_find_nothing_and_resume_when_they_do():
     assert max(b - a for a, b in itertools.pairwise(gaps)) == MAX_SWEEP_INTERVAL
     consumer._swept([(3, "t", "o", None, 0, None)])
     assert consumer._sweep_due(full), "a sweep that finds twins makes the next one due at once"
+
+
+def test_push_event_refuses_oversized_or_too_deep_metadata_and_long_types_before_any_sql():
+    from django.test import override_settings
+
+    from katello_events.registry import event_handlers
+
+    with override_settings(KATELLO_EVENTS={"MAX_METADATA_BYTES": 100}), transaction.atomic():
+        with pytest.raises(ValueError, match="at most 100"):
+            katello_events.push_event("test.record", "big", {"blob": "x" * 200})
+        deep: list = []
+        for _ in range(100_000):
+            deep = [deep]
+        with pytest.raises(ValueError, match="nested too deeply"):
+            katello_events.push_event("test.record", "deep", deep)
+        long_type = "t" * 101
+        previous = event_handlers.reset()
+        event_handlers.reset({**previous, long_type: lambda event: None})
+        try:
+            with pytest.raises(ValueError, match="at most 100 characters"):
+                katello_events.push_event(long_type, "x")
+        finally:
+            event_handlers.reset(previous)
+        katello_events.push_event("test.record", "fine", {"uid": "ok"})  # the transaction is still usable
+    assert list(Event.objects.values_list("object_id", flat=True)) == ["fine"]
+
+
+def test_a_twin_sweep_is_bounded_so_one_batch_stays_small():
+    from katello_events.event_queue.consumer import TWINS_PER_BATCH, BatchConsumer
+    from katello_events.handlers.base import HandlerStats
+
+    with transaction.atomic():
+        for n in range(25):
+            katello_events.push_event("test.record", "hot", {"uid": f"u{n}"})
+    consumer = BatchConsumer(HandlerStats(), batch_size=1)
+    consumer.process_batch()
+    (run,) = Handling.objects.all()
+    assert run.coalesced == 1 + TWINS_PER_BATCH
+    assert Event.objects.count() == 25 - run.coalesced, "the rest wait for the next batches"

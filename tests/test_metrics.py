@@ -75,3 +75,17 @@ def test_without_prometheus_client_the_endpoint_explains_itself(client, rows, mo
 @override_settings(KATELLO_EVENTS={"QUEUE_DEPTH_WARNING": None})
 def test_no_threshold_no_threshold_metric(client, rows):
     assert "katello_events_queue_depth_threshold" not in scrape(client)[1]
+
+
+@pytest.mark.parametrize(
+    ("audience", "anonymous", "staff"), [("everyone", 200, 200), ("staff", 403, 200), ("nobody", 404, 404)]
+)
+def test_metrics_can_be_restricted_or_turned_off(client, admin_client, rows, audience, anonymous, staff):
+    with override_settings(KATELLO_EVENTS={"METRICS_VISIBLE_TO": audience}):
+        assert client.get("/metrics").status_code == anonymous
+        assert admin_client.get("/metrics").status_code == staff
+
+
+def test_the_runner_identity_can_be_shown_to_an_anonymous_prometheus(client, rows):
+    with override_settings(KATELLO_EVENTS={"METRICS_INCLUDE_RUNNER": True}):
+        assert scrape(client)[1]["katello_events_runner_info"] == {KE: 4242, CP: 4242}

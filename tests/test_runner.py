@@ -211,3 +211,25 @@ def test_queue_depth_warnings_fire_once_per_crossing_with_hysteresis(runners, lo
     ]
     assert caplog.text.count("above its threshold of 10") == 2
     assert "a receiver's bug" in caplog.text
+
+
+def test_a_status_row_locked_by_another_session_fails_heartbeats_but_never_freezes_the_loop(runners, lock_file, caplog):
+    from django.db import connection
+
+    from katello_events import pgdriver
+    from katello_events.libpq import libpq_params
+
+    runner = start(runners, make_runner(lock_file, {"count": ("CountingHandler", {})}, HEARTBEAT_INTERVAL=0.2))
+    wait_for(lambda: row("count") is not None, 5, "row claimed")
+    other = pgdriver.connect(**libpq_params(connection.settings_dict))
+    other.autocommit = False
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT * FROM katello_events_handlerstatus WHERE name = 'count' FOR UPDATE")
+        wait_for(lambda: "status heartbeat failed" in caplog.text, 15, "a heartbeat gave up on the lock")
+        assert "canceling statement due to lock timeout" in caplog.text
+        assert runner.leading.is_set(), "the control loop goes on: fencing and supervision too"
+    finally:
+        other.rollback()
+        other.close()
+    wait_for(lambda: "status heartbeat recovered" in caplog.text, 15, "the next heartbeat got through")

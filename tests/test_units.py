@@ -137,3 +137,22 @@ def test_a_long_traceback_is_redacted_before_it_is_cut():
         text = _error_text(exc)
     assert "s3cr3t" not in text
     assert len(text) <= MAX_ERROR_LENGTH
+
+
+def test_log_messages_cannot_forge_lines(caplog):
+    from katello_events.log import get_logger
+
+    with caplog.at_level("INFO", logger="katello_events.test"):
+        get_logger("katello_events.test").info("no handler for %s", "pool.created\n2026 ERROR forged\x1b[31m")
+    (record,) = caplog.records
+    assert record.getMessage() == "no handler for pool.created\\n2026 ERROR forged\\x1b[31m"
+
+
+@pytest.mark.parametrize("library", ["stomp.py", "psycopg", "psycopg2"])
+def test_the_libraries_loggers_are_redacted_too(caplog, library):
+    import logging
+
+    with caplog.at_level("WARNING", logger=library):
+        logging.getLogger(library).warning("connecting to %s", "stomp://guest:s3cr3t@broker:61613")
+    (record,) = caplog.records
+    assert "s3cr3t" not in record.getMessage()

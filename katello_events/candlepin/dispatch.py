@@ -46,7 +46,7 @@ from katello_events.errors import describe_error
 from katello_events.event_queue.push import MAX_OBJECT_ID_LENGTH, push_event
 from katello_events.event_queue.types import QueuedEvent, RetryLater
 from katello_events.fencing import queue_alias
-from katello_events.log import get_logger
+from katello_events.log import LogBudget, get_logger
 from katello_events.models import Event
 from katello_events.redaction import redact
 from katello_events.registry import HandlerRegistry, message_handlers
@@ -64,6 +64,9 @@ _IGNORED_SUBJECTS_NOTED = 100
 # Kinds of items.
 RUN, IGNORE, STORE, MALFORMED = "run", "ignore", "store", "malformed"
 # Outcomes.
+#: Dead messages logged one by one per minute; the rest in one summary line.
+DEAD_LOG = LogBudget(limit=10, window=60.0)
+
 PROCESSED, IGNORED, REDELIVERED = "processed", "ignored", "redelivered"
 DEFERRED, RETRY_LATER, DEAD, DROPPED = "deferred", "retry_later", "dead", "dropped"
 
@@ -212,10 +215,21 @@ def keep_dead(headers: Mapping[str, str], body: bytes, error: str) -> str:
         )
         return DROPPED
     extra = {**_extra(headers), "event_id": event.id}
-    transaction.on_commit(
-        functools.partial(logger.error, "message kept as dead event #%s: %s", event.id, error, extra=extra), using=alias
-    )
+    if DEAD_LOG.allow():  # a flood logs a dozen lines and a summary (see log_dead_summary())
+        line = functools.partial(logger.error, "message kept as dead event #%s: %s", event.id, error, extra=extra)
+        transaction.on_commit(line, using=alias)
     return DEAD
+
+
+def log_dead_summary() -> None:
+    """Say how many dead messages went unlogged in a window that is over (the listener calls it)."""
+    suppressed = DEAD_LOG.take_suppressed()
+    if suppressed:
+        logger.error(
+            "%d more message(s) were kept as dead events in the last %gs without a line each "
+            "(see the admin's events, or manage.py ping --json)",
+            suppressed, DEAD_LOG.window, extra={"suppressed": suppressed},
+        )  # fmt: skip
 
 
 def handle_stored_message(event: QueuedEvent, registry: HandlerRegistry = message_handlers) -> None:

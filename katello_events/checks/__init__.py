@@ -55,6 +55,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += check_watchdog(config)
     messages += check_status_settings(config)
     messages += check_driver()
+    if config.get("METRICS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
+        messages.append(
+            Error(
+                "KATELLO_EVENTS['METRICS_VISIBLE_TO'] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
+                hint="Choose who may read /metrics; 'nobody' turns it off.",
+                id="katello_events.E016",
+            )
+        )
     if config.get("DETAILS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
         messages.append(
             Error(

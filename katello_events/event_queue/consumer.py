@@ -58,6 +58,10 @@ logger = get_logger(__name__)
 #: At most this many full batches go by without a twin sweep (see BatchConsumer._sweep_due).
 MAX_SWEEP_INTERVAL = 32
 
+#: A sweep takes at most this many twins per event of its batch: a pair pushed a million times
+#: must not make one batch (and its memory) unbounded. Twins beyond it run in a later batch.
+TWINS_PER_BATCH = 10
+
 #: Longest traceback text kept on a failed event (characters).
 MAX_ERROR_LENGTH = 4000
 
@@ -92,6 +96,7 @@ DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
     JOIN unnest(%s::varchar[], %s::varchar[]) AS pair(event_type, object_id)
       ON e.event_type = pair.event_type AND e.object_id = pair.object_id
     WHERE e.state = 'pending'
+    ORDER BY e.id LIMIT %s
     FOR UPDATE OF e SKIP LOCKED))
 RETURNING id, event_type, object_id, metadata, attempts, EXTRACT(EPOCH FROM created_at)::float8
 """
@@ -203,7 +208,8 @@ class BatchConsumer:
                     self.fence.check(self.alias)  # empty, or deposed? Only asked when idle.
                 if self._sweep_due(rows):
                     pairs = sorted({(row[1], row[2]) for row in rows})
-                    cursor.execute(_TAKE_TWINS_SQL, [[t for t, _ in pairs], [o for _, o in pairs]])
+                    twins_limit = TWINS_PER_BATCH * self.batch_size
+                    cursor.execute(_TAKE_TWINS_SQL, [[t for t, _ in pairs], [o for _, o in pairs], twins_limit])
                     rows += self._swept(cursor.fetchall(), full_batch=len(rows) == self.batch_size)
             # created_at comes as epoch seconds: the driver's timestamptz loader costs more per row
             # than the rest of a no-op event's handling put together.
@@ -217,6 +223,7 @@ class BatchConsumer:
             claimed = [row[0] for row in rows]
             pending = self.events.select_for_update(skip_locked=True).filter(state=Event.PENDING)
             twins = pending.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
+            twins = twins[: TWINS_PER_BATCH * self.batch_size]
             rows += self._swept(list(twins), full_batch=len(rows) == self.batch_size)
         return rows
 

@@ -1,9 +1,12 @@
-"""Operator actions on the queue, shared by ``manage.py requeue_events`` and the Django admin."""
+"""Operator actions on the queue, shared by ``manage.py requeue_events`` and the Django admin, and
+the bounds the runner keeps on dead events."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import router, transaction
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Value
 from django.db.models.functions import Now
 
 from katello_events.event_queue.push import notify_consumer
@@ -24,3 +27,19 @@ def requeue_dead(events: QuerySet[Event] | None = None) -> int:
         if count:
             notify_consumer(alias)  # delivered once the rows are visible
     return count
+
+
+def prune_dead(limit: int | None, retention: float | None, using: str | None = None) -> int:
+    """Delete dead events older than ``retention`` seconds, then the oldest beyond ``limit``;
+    how many went. Pending events are never touched."""
+    alias = using or router.db_for_write(Event)
+    dead = Event.objects.db_manager(alias).filter(state=Event.DEAD)
+    pruned = 0
+    if retention is not None:
+        pruned += dead.filter(updated_at__lt=Now() - Value(timedelta(seconds=retention))).delete()[0]
+    if limit is not None:
+        excess = dead.count() - limit
+        if excess > 0:
+            oldest = list(dead.order_by("updated_at", "id").values_list("id", flat=True)[:excess])
+            pruned += dead.filter(id__in=oldest).delete()[0]
+    return pruned

@@ -12,6 +12,7 @@ from django.db import connections, router
 from django.db.models import Value
 from django.db.models.functions import Now
 
+from katello_events.conf import get_config
 from katello_events.event_queue.types import UnknownEventType
 from katello_events.models import Event
 from katello_events.registry import event_handlers
@@ -20,6 +21,8 @@ from katello_events.registry import event_handlers
 NOTIFY_CHANNEL = "katello_events"
 
 MAX_OBJECT_ID_LENGTH = 255
+#: The event_type column's length.
+MAX_EVENT_TYPE_LENGTH = 100
 #: Longest accepted delay. Longer is surely a mistake (a timestamp passed as seconds); far longer
 #: would not fit Python's timedelta or PostgreSQL's timestamps and fail as a database error.
 MAX_DELAY = timedelta(days=36500)
@@ -41,6 +44,8 @@ def push_event(
             f"no handler is registered for event type {event_type!r} (registered: {known}); "
             "register one with @katello_events.event_handler in an events.py module of an installed app"
         )
+    if len(event_type) > MAX_EVENT_TYPE_LENGTH:
+        raise ValueError(f"event_type must be at most {MAX_EVENT_TYPE_LENGTH} characters long")
     object_key = _object_key(object_id)
     _check_metadata(metadata)
     run_after = Now() if delay is None else Now() + Value(_delay(delay))
@@ -73,11 +78,20 @@ def _check_storable_text(text: str, what: str) -> None:
 
 def _check_metadata(metadata: Any) -> None:
     try:
-        json.dumps(metadata, allow_nan=False)
+        document = json.dumps(metadata, allow_nan=False)
+    except RecursionError:
+        raise ValueError("metadata is nested too deeply to be stored") from None
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from exc
-    for text in _strings(metadata):
-        _check_storable_text(text, "metadata")
+    limit = get_config().MAX_METADATA_BYTES
+    size = len(document.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ValueError(f"metadata is {size} bytes as JSON; at most {limit} (KATELLO_EVENTS['MAX_METADATA_BYTES'])")
+    try:
+        for text in _strings(metadata):
+            _check_storable_text(text, "metadata")
+    except RecursionError:  # _strings takes more frames per level than json.dumps
+        raise ValueError("metadata is nested too deeply to be stored") from None
 
 
 def _strings(value: Any) -> Iterator[str]:

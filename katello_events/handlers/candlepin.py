@@ -29,6 +29,7 @@ from katello_events.candlepin.dispatch import (
     RETRY_LATER,
     Dispatcher,
     StoreUnavailable,
+    log_dead_summary,
 )
 from katello_events.candlepin.options import DEFAULT_OPTIONS, parse_options
 from katello_events.errors import describe_error
@@ -281,6 +282,7 @@ class CandlepinHandler(Handler):
         now = time.monotonic()
         if now >= self._next_gauges:
             self._publish_gauges()
+            log_dead_summary()
             self._next_gauges = now + _GAUGE_INTERVAL
         if self._probe is not None and now >= self._next_probe:
             self.stats.set_gauge("queue_depth", self._probe.read())

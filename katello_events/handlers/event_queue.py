@@ -8,11 +8,13 @@ from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
 
+from katello_events.conf import get_config
 from katello_events.errors import describe_error
 from katello_events.event_queue.batch import RetryPolicy
 from katello_events.event_queue.consumer import BatchConsumer
 from katello_events.event_queue.gauges import queue_gauges
 from katello_events.event_queue.listener import NotifyListener
+from katello_events.event_queue.maintenance import prune_dead
 from katello_events.event_queue.push import NOTIFY_CHANNEL
 from katello_events.fencing import Deposed
 from katello_events.handlers.base import Handler
@@ -32,6 +34,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "LEASE": 600.0,  # seconds a batch's transaction may sit idle before PostgreSQL ends it (0: never)
     "STATS_INTERVAL": 1.0,  # seconds between queue-depth readings
     "OUTAGE_BACKOFF_MAX": 10.0,  # seconds between reconnection attempts during a database outage
+    "PRUNE_INTERVAL": 60.0,  # seconds between passes that keep dead events within their bounds
 }
 
 #: How often a wait is cut short to notice stop() (seconds).
@@ -61,6 +64,9 @@ class EventQueueHandler(Handler):
         self._listener: NotifyListener | None = None
         self._session: object | None = None  # the DB-API connection our session settings were made on
         self._next_gauges = 0.0
+        self._next_prune = 0.0
+        config = get_config()
+        self._dead_limit, self._dead_retention = config.DEAD_EVENT_LIMIT, config.DEAD_EVENT_RETENTION
         self._outage_delay = 0.0
 
     def run(self) -> None:
@@ -96,6 +102,8 @@ class EventQueueHandler(Handler):
             self._listener = NotifyListener(connection.settings_dict, NOTIFY_CHANNEL)
         self._configure_session()
         handled = self.consumer.process_batch()
+        if time.monotonic() >= self._next_prune:
+            self._prune()
         if time.monotonic() >= self._next_gauges:
             for gauge, value in queue_gauges(self.consumer.alias).items():
                 self.stats.set_gauge(gauge, value)
@@ -105,6 +113,17 @@ class EventQueueHandler(Handler):
         self._outage_delay = 0.0
         self.clear_problem()
         return handled
+
+    def _prune(self) -> None:
+        """Keep dead events within DEAD_EVENT_LIMIT and DEAD_EVENT_RETENTION; one log line a pass."""
+        self._next_prune = time.monotonic() + float(self.options["PRUNE_INTERVAL"])
+        pruned = prune_dead(self._dead_limit, self._dead_retention, self.consumer.alias)
+        if pruned:
+            self.stats.increment("pruned", pruned)
+            logger.warning(
+                "event queue: pruned %d dead event(s) (DEAD_EVENT_LIMIT %s, DEAD_EVENT_RETENTION %ss)",
+                pruned, self._dead_limit, self._dead_retention, extra={"pruned": pruned},
+            )  # fmt: skip
 
     def _configure_session(self) -> None:
         """On each new PostgreSQL session: bound how long a batch may hold its transaction idle.

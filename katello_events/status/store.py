@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from django.db import router, transaction
+from django.db import connections, router, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
@@ -15,6 +15,11 @@ from katello_events.status.snapshot import SlotSnapshot
 
 #: Counters that have a column of their own; any other counter goes to the ``counters`` JSON.
 COLUMN_COUNTERS = {"processed": "processed_count", "failed": "failed_count"}
+
+#: Longest wait for a row lock, and longest statement, in the runner's own writes (claim,
+#: heartbeat, release), in milliseconds: well under a heartbeat's worth of supervision.
+LOCK_TIMEOUT_MS = 2000
+STATEMENT_TIMEOUT_MS = 5000
 
 #: Ends every problem a runner writes when its handlers did not stop: the next runner reads it
 #: (or a row still marked running) as an unclean end, and takes its first batches carefully.
@@ -51,7 +56,9 @@ class StatusStore:
         killed) or that its handlers never stopped.
         """
         unclean = False
-        with transaction.atomic(using=router.db_for_write(HandlerStatus)):
+        alias = router.db_for_write(HandlerStatus)
+        with transaction.atomic(using=alias):
+            _bound_waits(alias)
             for name in self.names:
                 row, _ = HandlerStatus.objects.select_for_update().get_or_create(name=name)
                 unclean = unclean or row.running or HELD_UNTIL_EXIT in row.problem
@@ -82,7 +89,10 @@ class StatusStore:
         successor's claim always comes after this heartbeat, never before it.
         """
         pending = []
-        with transaction.atomic(using=self.fence.alias), transaction.atomic(using=router.db_for_write(HandlerStatus)):
+        alias = router.db_for_write(HandlerStatus)
+        with transaction.atomic(using=self.fence.alias), transaction.atomic(using=alias):
+            _bound_waits(self.fence.alias)
+            _bound_waits(alias)
             self.fence.check(self.fence.alias)
             for snap in snapshots:
                 fields, flushed = self._row_update(snap, running)
@@ -134,6 +144,18 @@ class StatusStore:
             for base in self._extra_base.values():
                 base["handovers"] = base.get("handovers", 0) + 1
         self.heartbeat(snapshots, running=False, problem=problem or handover, error=handover)
+
+
+def _bound_waits(alias: str) -> None:
+    """Bound this transaction's lock waits and statements (PostgreSQL): a row locked by another
+    session or a hung database fails one heartbeat, never freezes supervision and fencing."""
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                [str(LOCK_TIMEOUT_MS), str(STATEMENT_TIMEOUT_MS)],
+            )
 
 
 def _json_safe(value: dict) -> dict:
