@@ -107,3 +107,7 @@ def test_w004_sqlite_with_autostart_warns(tmp_path):
     warned = check_status_settings({"AUTOSTART": True, "QUEUE_DEPTH_WARNING": 1}, sqlite)
     assert [m.id for m in warned] == ["katello_events.W004"]
     assert check_status_settings({"AUTOSTART": False, "QUEUE_DEPTH_WARNING": 1}, sqlite) == []
+
+
+def test_e016_metrics_audience(tmp_path):
+    assert ids({"LOCK_FILE": tmp_path / "x.lock", "METRICS_VISIBLE_TO": "robots"}) == ["katello_events.E016"]

@@ -55,23 +55,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += check_watchdog(config)
     messages += check_status_settings(config)
     messages += check_driver()
-    if config.get("METRICS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
-        messages.append(
-            Error(
-                "KATELLO_EVENTS['METRICS_VISIBLE_TO'] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
-                hint="Choose who may read /metrics; 'nobody' turns it off.",
-                id="katello_events.E016",
-            )
-        )
-    if config.get("DETAILS_VISIBLE_TO") not in _DETAIL_AUDIENCES:
-        messages.append(
-            Error(
-                "KATELLO_EVENTS['DETAILS_VISIBLE_TO'] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
-                hint="Choose who sees error texts, hostnames and pids on /api/ping and /about/.",
-                id="katello_events.E005",
-            )
-        )
+    messages += _check_audiences(config)
     return messages
+
+
+#: Settings naming an audience: (key, what it decides, check id).
+_AUDIENCE_SETTINGS = (
+    ("DETAILS_VISIBLE_TO", "Choose who sees error texts, hostnames and pids on /api/ping and /about/.", "E005"),
+    ("METRICS_VISIBLE_TO", "Choose who may read /metrics; 'nobody' turns it off.", "E016"),
+)
+
+
+def _check_audiences(config: Mapping[str, Any]) -> list[CheckMessage]:
+    return [
+        Error(
+            f"KATELLO_EVENTS[{key!r}] is not one of " + ", ".join(_DETAIL_AUDIENCES) + ".",
+            hint=hint,
+            id=f"katello_events.{check_id}",
+        )
+        for key, hint, check_id in _AUDIENCE_SETTINGS
+        if config.get(key) not in _DETAIL_AUDIENCES
+    ]
 
 
 def _check_intervals(config: Mapping[str, Any]) -> list[CheckMessage]:
