@@ -170,9 +170,8 @@ class Runner:
         The epoch waits (up to ``STOP_TIMEOUT``) for a deposed runner's batch in flight to end.
         """
         epoch = take_epoch(self.identity.hostname, self.identity.pid, lock_timeout=self.config["STOP_TIMEOUT"])
-        fence = Fence(epoch)
-        store.fence = fence
-        return Fence(epoch, after_unclean_end=store.claim())
+        store.fence = Fence(epoch, after_unclean_end=store.claim())
+        return store.fence
 
     def _supervise_until_stopped(self, supervisor: Supervisor, store: StatusStore) -> None:
         supervisor.supervise()

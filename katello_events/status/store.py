@@ -91,8 +91,8 @@ class StatusStore:
         pending = []
         alias = router.db_for_write(HandlerStatus)
         with transaction.atomic(using=self.fence.alias), transaction.atomic(using=alias):
-            _bound_waits(self.fence.alias)
-            _bound_waits(alias)
+            for bounded in {self.fence.alias, alias}:  # one statement when both are one database
+                _bound_waits(bounded)
             self.fence.check(self.fence.alias)
             for snap in snapshots:
                 fields, flushed = self._row_update(snap, running)
