@@ -170,7 +170,7 @@ def handler_specs(config: Mapping[str, Any] | None = None) -> dict[str, dict[str
 
 
 def default_lock_file(databases: dict[str, Any] | None = None) -> str:
-    """A lock file per database in the runtime folder.
+    """A lock file per database in this user's runtime folder (:func:`runtime_folder`).
 
     Keyed by the default database so two projects on one host elect one runner each, while
     every worker of one project (they share a database) competes for the same file.
@@ -178,8 +178,17 @@ def default_lock_file(databases: dict[str, Any] | None = None) -> str:
     db = (settings.DATABASES if databases is None else databases).get("default", {})
     key = "|".join(str(db.get(part, "")) for part in ("ENGINE", "HOST", "PORT", "NAME"))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, "katello_events", f"runner-{digest}.lock")
+    return os.path.join(runtime_folder(), f"runner-{digest}.lock")
+
+
+def runtime_folder() -> str:
+    """This user's folder for the lock file: ``$XDG_RUNTIME_DIR/katello_events`` (systemd's
+    per-user runtime folder), else ``katello_events-<uid>`` in the temp folder. Per user, so
+    another local user cannot create it first; the election refuses it if they did anyway."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "katello_events")
+    return os.path.join(tempfile.gettempdir(), f"katello_events-{os.geteuid()}")
 
 
 def queue_depth_threshold(name: str, config: Mapping[str, Any] | None = None) -> int | None:

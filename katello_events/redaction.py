@@ -49,3 +49,37 @@ class SecretRedactingReporterFilter(SafeExceptionReporterFilter):
     def cleanse_setting(self, key: int | str, value: Any) -> Any:
         value = super().cleanse_setting(key, value)
         return redact(value) if isinstance(value, str) else value
+
+    def get_traceback_frame_variables(self, request: Any, tb_frame: Any) -> Any:
+        """A frame's local variables as the error page shows them (their repr), redacted.
+
+        A listener's frame holds its settings and connection objects, whose repr carries the
+        broker URL: the page shows the redacted repr instead of the object.
+        """
+        variables = super().get_traceback_frame_variables(request, tb_frame)
+        return [(name, _RedactedRepr(value)) for name, value in variables]
+
+
+class _RedactedRepr:
+    """Shows as the redacted repr of what it wraps (Django's error page pprints frame variables)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, value: Any) -> None:
+        try:
+            self.text = redact(repr(value))
+        except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not break the error page
+            self.text = f"<repr failed: {type(exc).__name__}>"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def reporter_filter_installed(setting: str) -> bool:
+    """Whether ``DEFAULT_EXCEPTION_REPORTER_FILTER`` (a dotted path) redacts like ours does."""
+    from django.utils.module_loading import import_string
+
+    try:
+        return issubclass(import_string(setting), SecretRedactingReporterFilter)
+    except (ImportError, TypeError):
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,13 +13,15 @@ from django import db
 from django.db import connections
 
 from katello_events.conf import Config, get_config, handler_specs
-from katello_events.election import Election, make_election
+from katello_events.election import Election, LockFileError, make_election
+from katello_events.election.lock_path import UNUSABLE
 from katello_events.errors import NOT_MIGRATED, describe_error, is_missing_table
 from katello_events.fencing import Deposed, Fence, take_epoch
 from katello_events.log import get_logger
 from katello_events.memory import current_rss_mb
+from katello_events.redaction import redact
 from katello_events.status.depth_warnings import QueueDepthMonitor
-from katello_events.status.store import HELD_UNTIL_EXIT, RunnerIdentity, StatusStore
+from katello_events.status.store import HELD_UNTIL_EXIT, RunnerIdentity, StatusStore, report_standby_problem
 from katello_events.supervisor import Supervisor
 
 logger = get_logger(__name__)
@@ -70,6 +73,7 @@ class Runner:
         self._stop_requested = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_complaint: str | None = None
+        self._election_problem_reported: tuple[str, float] | None = None
         self._heartbeat_failing = False
         self._depth_monitor = QueueDepthMonitor(self.config)
         #: The supervisor while this process leads (for introspection), else None.
@@ -116,17 +120,40 @@ class Runner:
 
     def _won_election(self) -> bool:
         try:
-            return self.election.try_acquire()
-        except Exception as exc:  # noqa: BLE001 - LockFileError, OSError, fasteners' ThreadError: never die
-            self._complain(f"cannot use the election lock: {describe_error(exc)}")
+            won = self.election.try_acquire()
+        except Exception as exc:  # noqa: BLE001 - LockFileError, OSError, a database error: never die
+            text = str(exc) if isinstance(exc, LockFileError) else f"{UNUSABLE}: {redact(describe_error(exc))}"
+            self._complain(text)
+            self._report_election_problem(text)
             self._stop_requested.wait(self.config["START_RETRY_DELAY"])
             return False
+        self._election_problem_reported = None
+        return won
 
     def _complain(self, message: str) -> None:
         """Log a standby problem once, not once per attempt."""
         if message != self._last_complaint:
             logger.error(message, extra={"pid": self.identity.pid})
             self._last_complaint = message
+
+    def _report_election_problem(self, problem: str) -> None:
+        """Say why this candidate cannot compete in the status rows no live runner holds.
+
+        Written when the problem changes and again every ``STALE_AFTER``, so a runner that
+        stopped meanwhile does not leave its clean "not running" as the last word. Best effort:
+        with the database away the rows cannot be written, and the readers say so anyway.
+        """
+        now = time.monotonic()
+        last = self._election_problem_reported
+        if last and last[0] == problem and now - last[1] < self.config["STALE_AFTER"]:
+            return
+        self._election_problem_reported = (problem, now)
+        try:
+            report_standby_problem(list(self.config["HANDLERS"]), problem, self.config["STALE_AFTER"])
+        except Exception as exc:  # noqa: BLE001 - the log already says it; the rows are a courtesy
+            logger.debug("could not write the election problem to the status rows: %s", describe_error(exc))
+        finally:
+            connections.close_all()  # a standby holds no database connection
 
     # -- leading ---------------------------------------------------------------------------------
 

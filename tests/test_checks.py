@@ -111,3 +111,45 @@ def test_w004_sqlite_with_autostart_warns(tmp_path):
 
 def test_e016_metrics_audience(tmp_path):
     assert ids({"LOCK_FILE": tmp_path / "x.lock", "METRICS_VISIBLE_TO": "robots"}) == ["katello_events.E016"]
+
+
+def test_w005_a_password_in_an_option_without_the_redacting_filter(tmp_path):
+    handlers = {
+        "candlepin_events": {
+            "BACKEND": "katello_events.handlers.candlepin.CandlepinHandler",
+            "OPTIONS": {"BROKER_URL": "stomp://guest:s3cret@127.0.0.1:61613"},
+        }
+    }
+    config = {"LOCK_FILE": tmp_path / "x.lock", "HANDLERS": handlers}
+    with override_settings(DEFAULT_EXCEPTION_REPORTER_FILTER="django.views.debug.SafeExceptionReporterFilter"):
+        assert ids(config) == ["katello_events.W005"]
+        without_password = {"candlepin_events": {**handlers["candlepin_events"], "OPTIONS": {}}}
+        assert ids({**config, "HANDLERS": without_password}) == []
+    with override_settings(DEFAULT_EXCEPTION_REPORTER_FILTER="katello_events.redaction.SecretRedactingReporterFilter"):
+        assert ids(config) == []
+
+
+def test_the_redacting_filter_hides_passwords_on_the_error_page_settings_and_frames(rf):
+    import sys
+
+    from django.views.debug import ExceptionReporter
+
+    def secret() -> str:  # never whole in this file or a frame: the page quotes both
+        return "".join(["s3", "cret"])
+
+    url = f"stomp://guest:{secret()}@broker:61613"
+
+    def fail(broker_url: str, options: dict) -> None:
+        raise ConnectionError("cannot connect")
+
+    with override_settings(
+        DEFAULT_EXCEPTION_REPORTER_FILTER="katello_events.redaction.SecretRedactingReporterFilter",
+        DEBUG=True,
+        KATELLO_EVENTS_BROKER=url,
+    ):
+        try:
+            fail(url, {"BROKER_URL": url})
+        except ConnectionError:
+            html = ExceptionReporter(rf.get("/"), *sys.exc_info()).get_traceback_html()
+    assert secret() not in html
+    assert "guest:********@broker" in html

@@ -354,3 +354,26 @@ def test_a_twin_sweep_is_bounded_so_one_batch_stays_small():
     (run,) = Handling.objects.all()
     assert run.coalesced == 1 + TWINS_PER_BATCH
     assert Event.objects.count() == 25 - run.coalesced, "the rest wait for the next batches"
+
+
+def test_a_batch_is_bounded_by_the_bytes_of_its_metadata_too():
+    from katello_events.event_queue.consumer import BatchConsumer
+    from katello_events.handlers.base import HandlerStats
+
+    blob = "x" * 100_000  # stored compressed-or-not, about 100 kB each: "x" * n compresses well
+    big = "".join(f"{n:06d}" for n in range(20_000))  # 120 kB that does not compress much
+    with transaction.atomic():
+        for n in range(30):
+            katello_events.push_event("test.record", f"o{n}", {"uid": f"u{n}", "blob": big, "pad": blob})
+    consumer = BatchConsumer(HandlerStats(), batch_size=100, max_bytes=500_000)
+    assert 1 < consumer.process_batch() < 30, "the byte bound cut the batch short of its 30 events"
+    handled = Handling.objects.count()
+    assert handled <= 500_000 // 40_000 + 1
+    while consumer.process_batch():
+        pass
+    assert Handling.objects.count() == 30, "nothing is lost: the rest go in later batches"
+
+    with transaction.atomic():
+        katello_events.push_event("test.record", "huge", {"uid": "huge", "blob": big * 8})
+    one = BatchConsumer(HandlerStats(), batch_size=100, max_bytes=1)
+    assert one.process_batch() == 1, "an event larger than the bound still goes, alone"

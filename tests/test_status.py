@@ -253,3 +253,28 @@ def test_sqlite_without_tables_reads_not_migrated_too():
     finally:
         database.close()
     assert is_missing_table(OperationalError(str(raised.value)))
+
+
+@pytest.mark.parametrize(
+    ("message", "public"),
+    [
+        ("database unreachable: connection to db.internal:5432 refused", "database unreachable"),
+        ("broker unreachable: stomp://guest:********@mq.internal:61613: refused", "broker unreachable"),
+        ("stalled: handler katello_events made no progress for 300s on event 42", "stalled"),
+        ("deposed: another runner has taken the role", "deposed"),
+        ("restarting in 4s after: ValueError: customer acme.example rejected", "restarting"),
+        ("Not running: handlers did not stop; the runner lock is held until this process exits", "Not running"),
+        ("Not running: handed over: RSS 900 MB above MAX_RSS_MB 512", "Not running"),
+        ("election lock unusable: /tmp/shared is writable by others", "election lock unusable"),
+        ("Not running: election lock unusable: /tmp/shared is writable by others", "election lock unusable"),
+        ("not migrated: run manage.py migrate", "not migrated"),
+        # A handler's own report_problem text is never shown, whatever it looks like.
+        ("customer acme.example: API key rejected", "handler problem"),
+        ("Pulp at pulp.internal is down", "handler problem"),
+        ("Not running", "Not running"),
+    ],
+)
+def test_the_public_message_is_a_fixed_category_never_free_text(message, public):
+    assert report.public_category(message) == public
+    entry = {"status": "FAIL", "message": message, "problem": message, "duration_ms": "1"}
+    assert report.public_document({"status": "FAIL", "services": {"x": entry}})["services"]["x"]["message"] == public

@@ -10,7 +10,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from katello_events.autostart import autostart_blocker, management_command
-from katello_events.conf import DEFAULTS, Config, default_lock_file, get_config, handler_specs
+from katello_events.conf import DEFAULTS, Config, default_lock_file, get_config, handler_specs, runtime_folder
 from katello_events.redaction import redact
 from katello_events.runner import Runner
 
@@ -63,7 +63,7 @@ def test_default_lock_file_is_per_database():
     second = {"default": {"ENGINE": "django.db.backends.postgresql", "NAME": "two"}}
     path_one, path_two = default_lock_file(first), default_lock_file(second)
     assert path_one != path_two
-    assert os.path.basename(os.path.dirname(path_one)) == "katello_events"
+    assert os.path.dirname(path_one) == runtime_folder()
 
 
 @pytest.mark.parametrize(

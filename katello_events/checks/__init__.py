@@ -1,8 +1,8 @@
 """System checks (IDs are stable; every one is listed in ``docs/checks.md``).
 
 One registered check; each component checks its own settings (``checks/election.py``,
-``checks/candlepin_options.py``, ``checks/status.py``) and this module puts them together, with the
-PostgreSQL driver check (E014).
+``checks/candlepin_options.py``, ``checks/status.py``, ``checks/error_reports.py``) and this
+module puts them together, with the PostgreSQL driver check (E014).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from django.utils.module_loading import import_string
 from katello_events import pgdriver
 from katello_events.checks.candlepin_options import check_candlepin_options
 from katello_events.checks.election import check_election, check_watchdog
+from katello_events.checks.error_reports import check_reporter_filter
 from katello_events.checks.status import check_status_settings
 from katello_events.conf import KEYS, get_config, unknown_key_message
 
@@ -56,6 +57,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += check_status_settings(config)
     messages += check_driver()
     messages += _check_audiences(config)
+    messages += check_reporter_filter(config)
     return messages
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
+
+from katello_events.election.lock_path import path_problem
 
 
 def check_election(config: Mapping[str, Any]) -> list[CheckMessage]:
@@ -86,24 +87,16 @@ def check_watchdog(config: Mapping[str, Any]) -> list[CheckMessage]:
 
 def check_lock_file(path: str) -> list[CheckMessage]:
     # Never open the file here: in the runner process, closing any descriptor of the lock
-    # file would release the lock.
-    folder = os.path.dirname(path) or "."
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing) or "."
-    problem = None
-    if os.path.islink(path):
-        problem = "it is a symlink"
-    elif os.path.exists(path) and not os.path.isfile(path):
-        problem = "it is not a regular file"
-    elif not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"the folder {existing!r} is not writable"
+    # file would release the lock. The election asks the same question at every attempt and
+    # says the answer in the status rows; this check says it before any server starts.
+    problem = path_problem(path)
     if problem is None:
         return []
     return [
         Error(
             f"The election lock file {path!r} cannot be used: {problem}.",
-            hint="Set KATELLO_EVENTS['LOCK_FILE'] to a path in a folder the server user can write.",
+            hint="Set KATELLO_EVENTS['LOCK_FILE'] to a path in a folder owned by the server's user and "
+            "writable by nobody else (the default, a per-user runtime folder, is), or fix the owner and mode.",
             id="katello_events.E003",
         )
     ]

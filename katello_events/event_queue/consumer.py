@@ -62,6 +62,11 @@ MAX_SWEEP_INTERVAL = 32
 #: must not make one batch (and its memory) unbounded. Twins beyond it run in a later batch.
 TWINS_PER_BATCH = 10
 
+#: Bytes of metadata (as stored) a batch takes at most, beyond its first event; its twin sweep
+#: takes as much again. With metadata up to ``MAX_METADATA_BYTES`` (1 MiB) a batch of 100
+#: could otherwise hold 100 MiB, and its twins ten times that.
+DEFAULT_BATCH_MAX_BYTES = 8 * 1024 * 1024
+
 #: Longest traceback text kept on a failed event (characters).
 MAX_ERROR_LENGTH = 4000
 
@@ -75,12 +80,19 @@ DIED = "the runner died while handling it"
 
 _COLUMNS = ("id", "event_type", "object_id", "metadata", "attempts", "created_at")
 
+# The batch is bounded twice: LIMIT events, and the bytes of their metadata as stored (an event
+# is taken while the events before it hold less than the byte limit, so the first always is;
+# no metadata, SQL NULL, counts 0).
 _PICK_SQL = """
 DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
-    SELECT id FROM katello_events_event
-    WHERE state = 'pending' AND run_after <= statement_timestamp(){fenced}
-    ORDER BY id LIMIT %s
-    FOR UPDATE SKIP LOCKED))
+    SELECT id FROM (
+        SELECT id, sum(size) OVER (ORDER BY id) - size AS before
+        FROM (
+            SELECT id, coalesce(pg_column_size(metadata), 0) AS size FROM katello_events_event
+            WHERE state = 'pending' AND run_after <= statement_timestamp(){fenced}
+            ORDER BY id LIMIT %s
+            FOR UPDATE SKIP LOCKED) AS picked
+    ) AS sized WHERE before < %s))
 RETURNING id, event_type, object_id, metadata, attempts, EXTRACT(EPOCH FROM created_at)::float8
 """
 _TAKE_SQL = _PICK_SQL.format(fenced="")
@@ -89,17 +101,34 @@ _TAKE_SQL = _PICK_SQL.format(fenced="")
 # (S608: every piece is a constant of ours; values go as query parameters.)
 _FENCED_TAKE_SQL = "WITH " + FENCE_CTE + _PICK_SQL.format(fenced=" AND EXISTS (SELECT 1 FROM fence)")  # noqa: S608
 
-# One index probe per pair; the ORM would compile a 100-branch OR for every batch.
+# One index probe per pair; the ORM would compile a 100-branch OR for every batch. Bounded
+# like a batch: a count, and the bytes of metadata.
 _TAKE_TWINS_SQL = """
 DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
-    SELECT e.id FROM katello_events_event e
-    JOIN unnest(%s::varchar[], %s::varchar[]) AS pair(event_type, object_id)
-      ON e.event_type = pair.event_type AND e.object_id = pair.object_id
-    WHERE e.state = 'pending'
-    ORDER BY e.id LIMIT %s
-    FOR UPDATE OF e SKIP LOCKED))
+    SELECT id FROM (
+        SELECT id, sum(size) OVER (ORDER BY id) - size AS before
+        FROM (
+            SELECT e.id, coalesce(pg_column_size(e.metadata), 0) AS size FROM katello_events_event e
+            JOIN unnest(%s::varchar[], %s::varchar[]) AS pair(event_type, object_id)
+              ON e.event_type = pair.event_type AND e.object_id = pair.object_id
+            WHERE e.state = 'pending'
+            ORDER BY e.id LIMIT %s
+            FOR UPDATE OF e SKIP LOCKED) AS picked
+    ) AS sized WHERE before < %s))
 RETURNING id, event_type, object_id, metadata, attempts, EXTRACT(EPOCH FROM created_at)::float8
 """
+
+
+def _within_bytes(rows: list[tuple], max_bytes: int) -> list[tuple]:
+    """The leading rows whose metadata, before each, holds less than ``max_bytes`` (not PostgreSQL:
+    the JSON text's length stands for the stored size)."""
+    kept, total = [], 0
+    for row in rows:
+        if total >= max_bytes:
+            break
+        kept.append(row)
+        total += len(row[3]) if isinstance(row[3], str) else len(json.dumps(row[3])) if row[3] is not None else 0
+    return kept
 
 
 class _BatchFailed(Exception):
@@ -126,12 +155,14 @@ class BatchConsumer:
         stats: HandlerStats,
         *,
         batch_size: int = 100,
+        max_bytes: int = DEFAULT_BATCH_MAX_BYTES,
         retry: RetryPolicy | None = None,
         registry: HandlerRegistry = event_handlers,
         fence: Fence = UNFENCED,
     ) -> None:
         self.stats = stats
         self.batch_size = batch_size
+        self.max_bytes = max_bytes
         self.retry = retry or RetryPolicy()
         self.registry = registry
         self.alias = queue_alias()
@@ -200,23 +231,24 @@ class BatchConsumer:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 if self.fence.active:
-                    cursor.execute(_FENCED_TAKE_SQL, [self.fence.epoch, self.batch_size])
+                    cursor.execute(_FENCED_TAKE_SQL, [self.fence.epoch, self.batch_size, self.max_bytes])
                 else:
-                    cursor.execute(_TAKE_SQL, [self.batch_size])
+                    cursor.execute(_TAKE_SQL, [self.batch_size, self.max_bytes])
                 rows = cursor.fetchall()
                 if not rows:
                     self.fence.check(self.alias)  # empty, or deposed? Only asked when idle.
                 if self._sweep_due(rows):
                     pairs = sorted({(row[1], row[2]) for row in rows})
                     twins_limit = TWINS_PER_BATCH * self.batch_size
-                    cursor.execute(_TAKE_TWINS_SQL, [[t for t, _ in pairs], [o for _, o in pairs], twins_limit])
+                    types, objects = [t for t, _ in pairs], [o for _, o in pairs]
+                    cursor.execute(_TAKE_TWINS_SQL, [types, objects, twins_limit, self.max_bytes])
                     rows += self._swept(cursor.fetchall(), full_batch=len(rows) == self.batch_size)
             # created_at comes as epoch seconds: the driver's timestamptz loader costs more per row
             # than the rest of a no-op event's handling put together.
             return [(*row[:3], _decode_json(row[3]), row[4], datetime.fromtimestamp(row[5], UTC)) for row in rows]
         self.fence.check(self.alias)
         runnable = self.events.select_for_update(skip_locked=True).filter(state=Event.PENDING, run_after__lte=Now())
-        rows = list(runnable.order_by("id").values_list(*_COLUMNS)[: self.batch_size])
+        rows = _within_bytes(list(runnable.order_by("id").values_list(*_COLUMNS)[: self.batch_size]), self.max_bytes)
         if self._sweep_due(rows):
             wanted = {(row[1], row[2]) for row in rows}
             same_pair = functools.reduce(operator.or_, (Q(event_type=t, object_id=o) for t, o in wanted))
@@ -224,7 +256,7 @@ class BatchConsumer:
             pending = self.events.select_for_update(skip_locked=True).filter(state=Event.PENDING)
             twins = pending.filter(same_pair).exclude(id__in=claimed).order_by("id").values_list(*_COLUMNS)
             twins = twins[: TWINS_PER_BATCH * self.batch_size]
-            rows += self._swept(list(twins), full_batch=len(rows) == self.batch_size)
+            rows += self._swept(_within_bytes(list(twins), self.max_bytes), full_batch=len(rows) == self.batch_size)
         return rows
 
     def _sweep_due(self, rows: list[tuple]) -> bool:

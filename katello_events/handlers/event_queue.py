@@ -11,7 +11,7 @@ from django.db import InterfaceError, OperationalError, connections
 from katello_events.conf import get_config
 from katello_events.errors import describe_error
 from katello_events.event_queue.batch import RetryPolicy
-from katello_events.event_queue.consumer import BatchConsumer
+from katello_events.event_queue.consumer import DEFAULT_BATCH_MAX_BYTES, BatchConsumer
 from katello_events.event_queue.gauges import queue_gauges
 from katello_events.event_queue.listener import NotifyListener
 from katello_events.event_queue.maintenance import prune_dead
@@ -27,6 +27,7 @@ logger = get_logger(__name__)
 #: OPTIONS of the slot, with their defaults.
 DEFAULT_OPTIONS: dict[str, Any] = {
     "BATCH_SIZE": 100,  # events claimed per transaction
+    "BATCH_MAX_BYTES": DEFAULT_BATCH_MAX_BYTES,  # bytes of metadata a batch takes (beyond its first event)
     "POLL_INTERVAL": 1.0,  # seconds between polls when no NOTIFY arrives (the only wake-up on SQLite)
     "MAX_ATTEMPTS": 5,  # failed attempts before an event is kept as dead
     "RETRY_BACKOFF": 10.0,  # seconds before the second attempt; doubles per failure
@@ -60,7 +61,12 @@ class EventQueueHandler(Handler):
             backoff=float(self.options["RETRY_BACKOFF"]),
             backoff_max=float(self.options["RETRY_BACKOFF_MAX"]),
         )
-        self.consumer = BatchConsumer(stats, batch_size=int(self.options["BATCH_SIZE"]), retry=retry)
+        self.consumer = BatchConsumer(
+            stats,
+            batch_size=int(self.options["BATCH_SIZE"]),
+            max_bytes=int(self.options["BATCH_MAX_BYTES"]),
+            retry=retry,
+        )
         self._listener: NotifyListener | None = None
         self._session: object | None = None  # the DB-API connection our session settings were made on
         self._next_gauges = 0.0

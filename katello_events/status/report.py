@@ -15,12 +15,31 @@ from django.db import Error, InterfaceError, OperationalError, connections, tran
 from django.db.models.functions import Now
 
 from katello_events.conf import get_config, queue_depth_threshold
+from katello_events.election.lock_path import UNUSABLE
 from katello_events.errors import NOT_MIGRATED, describe_error, is_missing_table
 from katello_events.models import HandlerStatus
 from katello_events.redaction import redact
 from katello_events.status.snapshot import STALLED
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
+
+#: What untrusted readers may see of a problem: its category, one of these, never its text.
+CATEGORIES = (
+    "database unreachable",
+    "broker unreachable",
+    STALLED,
+    UNUSABLE,
+    NOT_MIGRATED.split(":", 1)[0],
+    "deposed",
+    "restarting",
+    "event queue error",
+    "status unreadable",
+)
+NOT_RUNNING = "Not running"
+#: The public message of a problem in no category (a handler's own report_problem text).
+OTHER_PROBLEM = "handler problem"
+#: Categories that say why a stopped service is not running better than "Not running" does.
+_OWN_REASONS = {UNUSABLE, NOT_MIGRATED.split(":", 1)[0]}
 
 #: Keys of a service entry that only trusted readers see (see ``DETAILS_VISIBLE_TO``).
 DETAIL_KEYS = ("runner", "last_error", "last_error_at", "problem", "restarts", "details")
@@ -104,8 +123,11 @@ def service_entry(
     elif not row.running and row.problem.startswith(STALLED):
         # A stalled runner keeps its lock until its process is recycled: say what is wrong.
         status, message = FAIL, row.problem
+    elif not row.running and row.problem.startswith(UNUSABLE):
+        # A candidate that cannot compete wrote why: that is what stops the service.
+        status, message = FAIL, row.problem
     elif not row.running:
-        status, message = FAIL, "Not running" + (f": {row.problem}" if row.problem else "")
+        status, message = FAIL, NOT_RUNNING + (f": {row.problem}" if row.problem else "")
     elif stale:
         status, message = FAIL, f"Not running (no heartbeat for {age:.0f}s)" if age is not None else "Not running"
     elif row.problem:
@@ -149,12 +171,29 @@ def public_document(document: dict[str, Any]) -> dict[str, Any]:
     services = {}
     for name, entry in document["services"].items():
         public = {k: v for k, v in entry.items() if k not in DETAIL_KEYS}
-        if entry.get("problem") and public["status"] == FAIL:
-            # Problems read "<category>: <detail>": the category (ours, e.g. "database
-            # unreachable", "Not running") is safe to show; the detail may name hosts.
-            public["message"] = public["message"].split(":", 1)[0]
+        if entry.get("problem"):
+            public["message"] = public_category(public["message"])
         services[name] = public
     return {**document, "services": services}
+
+
+def public_category(message: str) -> str:
+    """The fixed category a problem message belongs to: never a word of its free text.
+
+    Problems read "<category>: <detail>", and a handler may report any text: only a category
+    of :data:`CATEGORIES` is shown, anything else reads :data:`OTHER_PROBLEM`.
+    """
+    rest = message
+    if rest.startswith(NOT_RUNNING):
+        rest = rest[len(NOT_RUNNING) :].lstrip(": ")
+        found = _category_of(rest)
+        return found if found in _OWN_REASONS else NOT_RUNNING
+    return _category_of(rest) or OTHER_PROBLEM
+
+
+def _category_of(text: str) -> str | None:
+    lowered = text.lower()
+    return next((category for category in CATEGORIES if lowered.startswith(category.lower())), None)
 
 
 def _entry(status: str, message: str, duration_ms: str, *, running: bool | None) -> dict[str, Any]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.db import connections, router, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from katello_events.fencing import UNFENCED, Fence
@@ -166,3 +167,19 @@ def _json_safe(value: dict) -> dict:
 def _newest_error(snap: SlotSnapshot) -> str | None:
     # A slot waiting to restart describes its countdown in `problem`; its error is the crash.
     return snap.problem if snap.running else (snap.last_error or snap.problem)
+
+
+def report_standby_problem(names: list[str], problem: str, stale_after: float) -> int:
+    """A candidate that cannot compete (its election lock is unusable) says why in the rows.
+
+    Only rows no live runner holds are written (not running, or no heartbeat for
+    ``stale_after`` seconds): a healthy runner elsewhere keeps its rows. Missing rows are
+    created. Returns the number of rows written; raises on database errors.
+    """
+    alias = router.db_for_write(HandlerStatus)
+    with transaction.atomic(using=alias):
+        _bound_waits(alias)
+        for name in names:
+            HandlerStatus.objects.get_or_create(name=name, defaults={"running": False, "heartbeat_at": None})
+        live = Q(running=True, heartbeat_at__gt=Now() - timedelta(seconds=stale_after))
+        return HandlerStatus.objects.filter(name__in=names).exclude(live).update(running=False, problem=problem)
