@@ -67,16 +67,19 @@ def fill_events(count: int) -> None:
 
 def bench_ours(count: int) -> float:
     from katello_events.conf import get_config
+    from katello_events.handlers.event_queue import DEFAULT_OPTIONS
     from katello_events.registry import event_handlers
     from katello_events.runner import Runner
 
     calls = {"n": 0}
     done = threading.Event()
+    lock = threading.Lock()
 
     def noop(event) -> None:
-        calls["n"] += 1
-        if calls["n"] >= count:
-            done.set()
+        with lock:  # handler threads (CONCURRENCY) must not lose a count
+            calls["n"] += 1
+            if calls["n"] >= count:
+                done.set()
 
     event_handlers.register("bench.noop", noop)
     fill_events(count)
@@ -87,7 +90,9 @@ def bench_ours(count: int) -> float:
         "HANDLERS": {
             "katello_events": {
                 "BACKEND": "katello_events.handlers.event_queue.EventQueueHandler",
-                "OPTIONS": {"BATCH_SIZE": BATCH},
+                # One consumer thread, as the raw floor's one connection (and the runs before
+                # CONCURRENCY); bench/slow_handlers.py measures handler threads.
+                "OPTIONS": {"BATCH_SIZE": BATCH, **({"CONCURRENCY": 1} if "CONCURRENCY" in DEFAULT_OPTIONS else {})},
             }
         },
     }

@@ -1,6 +1,7 @@
 """Every benchmark in one run, side by side, and one table at the end (docs/performance.md).
 
-    .venv/bin/python bench/run_all.py                 # the whole set, about 4 minutes on 2 cores
+    .venv/bin/python bench/run_all.py                 # the whole set, about 8 minutes on 2 cores
+    .venv/bin/python bench/run_all.py --only io,cpu   # some sections only (see SECTIONS)
     .venv/bin/python bench/run_all.py --soak 30       # soak mode instead (not in CI): 30 minutes
 
 Sections, each against its baseline measured in the same run:
@@ -13,7 +14,14 @@ Sections, each against its baseline measured in the same run:
 - web overhead: gunicorn with two workers, one of them the runner draining events at full speed;
   the time each worker took to serve ``/api/ping`` (gunicorn's access log, ``%(D)s``), runner
   worker vs standby worker, p50 and p99;
-- memory: a daemon's RSS after a warm-up and after 200,000 more events.
+- memory: a daemon's RSS after a warm-up and after 200,000 more events;
+- slow handlers (bench/slow_handlers.py's functions): a 20 ms I/O-bound handler at CONCURRENCY
+  1, 4, 16, 32 against the ideal; a 1 ms CPU-bound handler, CONCURRENCY 16 against 1; a batch
+  handler against the per-event one; the Candlepin inbox against the listener running handlers
+  itself; and the web overhead again, with 16 handler threads waiting on I/O.
+
+``--only SECTION,...`` runs some sections (queue, stomp, failover, web, memory, io, cpu, batch,
+inbox, web-io); without it every section runs and the table has every row.
 
 Soak mode: a daemon under a steady stream of events for N minutes; RSS and events handled
 sampled every minute; the least-squares slope of each printed.
@@ -39,11 +47,14 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "example_project")]
+# The test settings plus the slow handlers' app (bench/benchapp); bench_queue would default to tests.settings.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
 
 def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -51,6 +62,7 @@ def _load(name: str, path: Path):
 # bench_queue first: it points DATABASE_URL at its own database, which everything here uses.
 bench_queue = _load("bench_queue", BENCH / "bench_queue.py")
 bench_candlepin = _load("bench_candlepin", BENCH / "candlepin.py")
+slow = _load("slow_handlers", BENCH / "slow_handlers.py")
 
 from tests.support import Server, free_port, gunicorn_args, http_get, lock_holders, manage_args, server_env  # noqa: E402
 
@@ -211,22 +223,23 @@ def first_handled_after(unix_time: float, killed: int) -> float | None:
 # -- web overhead --------------------------------------------------------------------------------
 
 
-def bench_web_overhead(events: int, seconds: float) -> dict[str, list[float]]:
-    """Serving times (ms) of /api/ping by the runner worker and by the standby, while it drains."""
+def bench_web_overhead(events: int, seconds: float, fill=fill_chaos_events, **env: str) -> dict[str, list[float]]:
+    """Serving times (ms) of /api/ping by the runner worker and by the standby, while it drains
+    ``events`` queued by ``fill(count, tag)`` (``chaos.record`` by default); ``env`` goes to gunicorn."""
     truncate()
     servers = Servers()
-    access_log = LOG_DIR / "access.log"
+    access_log = LOG_DIR / f"access-{uuid.uuid4().hex[:6]}.log"
     port = free_port()
     try:
         server = servers.start(
-            gunicorn_args(port, 2, "--access-logformat", "%(p)s %(D)s"), GUNICORN_ACCESS_LOG=str(access_log)
+            gunicorn_args(port, 2, "--access-logformat", "%(p)s %(D)s"), GUNICORN_ACCESS_LOG=str(access_log), **env
         )
         runner = servers.runner_pid()
         wait_until(lambda: http_get(port) in (200, 503), 60, "gunicorn answers")
-        fill_chaos_events(events, "w")
-        started = handled()
-        wait_until(lambda: handled() > started + 1000, 60, "the runner is draining")
+        fill(events, "w")
+        wait_until(lambda: pending() < events - 1000, 60, "the runner is draining")
         stop = threading.Event()
+        window = (time.monotonic(), pending())
 
         def load() -> None:
             while not stop.is_set():
@@ -237,6 +250,7 @@ def bench_web_overhead(events: int, seconds: float) -> dict[str, list[float]]:
             thread.start()
         time.sleep(seconds)  # a measurement window, not a wait for a condition
         stop.set()
+        drained = (window[1] - pending()) / (time.monotonic() - window[0])
         for thread in threads:
             thread.join(10)
         still_draining = pending() > 0
@@ -245,7 +259,7 @@ def bench_web_overhead(events: int, seconds: float) -> dict[str, list[float]]:
         servers.stop_all()
     if not still_draining:
         print("  (the queue drained before the window ended: raise --web-events)")
-    times: dict[str, list[float]] = {"runner": [], "standby": []}
+    times: dict[str, list[float]] = {"runner": [], "standby": [], "drained": [drained]}  # drained: events/s
     for line in access_log.read_text().splitlines():
         pid, micros = line.split()
         times["runner" if int(pid.strip("<>")) == runner else "standby"].append(int(micros) / 1000)
@@ -326,8 +340,95 @@ def stomp_rates(messages: int, rounds: int) -> tuple[float, float]:
     return statistics.median(raw), statistics.median(ours)
 
 
+SECTIONS = ("queue", "stomp", "failover", "web", "memory", "io", "cpu", "batch", "inbox", "web-io")
+
+
+def sections(value: str) -> set[str]:
+    chosen = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    return chosen
+
+
+def web_rows(label: str, web: dict[str, list[float]], goal: str = "") -> list[tuple[str, str, str, str]]:
+    run, standby = web["runner"], web["standby"]
+    p50, p99 = (percentile(run, 50), percentile(standby, 50)), (percentile(run, 99), percentile(standby, 99))
+    return [
+        (f"{label}, p50 (n={len(run)}/{len(standby)}; {web['drained'][0]:,.0f} events/s drained)",
+         f"runner {p50[0]:.1f} ms", f"standby {p50[1]:.1f} ms", f"{p50[0] / p50[1]:.2f}"),
+        (f"{label}, p99", f"runner {p99[0]:.1f} ms", f"standby {p99[1]:.1f} ms", f"{p99[0] / p99[1]:.2f}{goal}"),
+    ]  # fmt: skip
+
+
+def slow_rows(args, results: dict) -> list[tuple[str, str, str, str]]:
+    """The rows of the slow-handler sections that ran (bench/slow_handlers.py)."""
+    rows = []
+    for threads, drained in results.get("io", {}).items():
+        ideal = threads * slow.IO_RATE_PER_THREAD
+        label = f"I/O-bound 20 ms handler, CONCURRENCY {threads}, events/s"
+        if drained is None:
+            rows.append((label, "n/a", f"ideal {ideal:,}", "not measured: no CONCURRENCY in this tree"))
+        else:
+            goal = " (goal >= 0.8)" if threads <= 16 else " (no goal)"
+            note = f"{drained.rate / ideal:.2f}{goal}; busiest thread {drained.imbalance:.2f}x the mean"
+            ours = f"{drained.rate:,.0f} (middle 80%: {drained.middle_rate:,.0f})"
+            rows.append((label, ours, f"ideal {ideal:,}", note))
+    if "cpu" in results:
+        one, many, call = results["cpu"]
+        label = f"CPU-bound {call * 1000:.2f} ms (CPU) handler, events/s ({args.cpu_events:,} events, median of 3)"
+        cpu = (
+            f"; CPU/event {many.cpu_per_event * 1000:.2f} vs {one.cpu_per_event * 1000:.2f} ms "
+            f"({one.cpu_per_event / many.cpu_per_event:.2f})"
+            if many
+            else ""
+        )
+        rows.append(
+            (label, f"CONCURRENCY {slow.CPU_CONCURRENCY}: {many.rate:,.0f}", f"CONCURRENCY 1: {one.rate:,.0f}",
+             f"{many.rate / one.rate:.2f} (goal >= 0.9){cpu}")
+            if many is not None
+            else (label, "n/a", f"CONCURRENCY 1: {one.rate:,.0f}", "not measured: no CONCURRENCY in this tree")
+        )  # fmt: skip
+    if "batch" in results:
+        batch = results["batch"]
+        label = f"batch handler, {args.batch_events:,} applicability events (50 ms + 0.1 ms/host)"
+        other = f"per event {batch['per_event_seconds']:,.0f} s (extrapolated from {args.batch_sample})"
+        if batch["batch_seconds"] is None:
+            rows.append((label, "n/a", other, "not measured: no batch_size in this tree"))
+        else:
+            rows.append(
+                (label, f"{batch['batch_seconds']:.1f} s ({batch['batch_calls']} calls of up to 500)", other,
+                 f"{batch['per_event_seconds'] / batch['batch_seconds']:.0f}x faster")
+            )  # fmt: skip
+    if "inbox" in results:
+        direct, inbox = results["inbox"]["direct"], results["inbox"]["inbox"]
+        what = f"{args.inbox_messages:,} compliance.created, {args.inbox_hosts} hosts, 20 ms handler"
+        direct_rate = f"without {direct['ack_rate']:,.0f} (sampled: {direct['acked']} acked)"
+        per_message = direct["runs"] / max(1, direct["acked_in_all"])
+        direct_runs = f"without {args.inbox_messages * per_message:,.0f} (extrapolated)"
+        if inbox is None:
+            rows.append((f"Candlepin inbox: {what}, msg/s acked", "n/a", direct_rate, "not measured: no INBOX"))
+            rows.append(("Candlepin inbox: handler runs", "n/a", direct_runs, ""))
+        else:
+            rows.append((f"Candlepin inbox: {what}, msg/s acked", f"{inbox['ack_rate']:,.0f}", direct_rate,
+                         f"{inbox['ack_rate'] / direct['ack_rate']:.0f}x"))  # fmt: skip
+            done = f"all done {inbox['drain_seconds']:.1f} s after the 1st burst; {inbox['dead']} dead"
+            runs = f"{inbox['runs']:,} ({done})"
+            rows.append(("Candlepin inbox: handler runs", runs, direct_runs,
+                         f"{inbox['runs'] / args.inbox_messages:.3f} of the messages"))  # fmt: skip
+    if "web-io" in results:
+        web = results["web-io"]
+        if web is None:
+            rows.append(("web /api/ping, 16 I/O-bound handler threads", "n/a", "", "no CONCURRENCY in this tree"))
+        else:
+            rows += web_rows("web /api/ping, 16 I/O-bound handler threads", web, " (goal <= 1.25)")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", type=sections, default=set(SECTIONS), metavar="SECTION,...",
+                        help=f"run only these sections: {', '.join(SECTIONS)}")  # fmt: skip
     parser.add_argument("--events", type=int, default=20000, help="events per queue contender")
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--messages", type=int, default=20000, help="messages per STOMP contender and round")
@@ -336,9 +437,19 @@ def main() -> None:
     parser.add_argument("--web-events", type=int, default=150000, help="events queued for the web window")
     parser.add_argument("--web-seconds", type=float, default=10.0)
     parser.add_argument("--memory-events", type=int, default=200000)
+    parser.add_argument("--io-seconds", type=float, default=5.0, help="work per I/O-bound run at the ideal rate")
+    parser.add_argument("--cpu-events", type=int, default=2000, help="events per CPU-bound run (3 runs each)")
+    parser.add_argument("--batch-events", type=int, default=10000, help="applicability events of the batch run")
+    parser.add_argument("--batch-sample", type=int, default=200, help="events of the per-event run (extrapolated)")
+    parser.add_argument("--inbox-messages", type=int, default=5000, help="compliance.created messages per burst")
+    parser.add_argument("--inbox-hosts", type=int, default=100)
+    parser.add_argument("--inbox-sample", type=int, default=500, help="messages acked by the run without the inbox")
+    parser.add_argument("--web-io-events", type=int, default=30000, help="I/O-bound events queued for the web window")
+    parser.add_argument("--web-io-seconds", type=float, default=20.0, help="web window under 16 I/O-bound threads")
     parser.add_argument("--soak", type=int, metavar="MINUTES", help="soak mode instead of the benchmarks")
     parser.add_argument("--soak-rate", type=int, default=2000, help="events offered per second in soak mode")
     args = parser.parse_args()
+    only = args.only
 
     bench_queue.create_database()
     import django
@@ -351,35 +462,66 @@ def main() -> None:
         soak(args.soak, args.soak_rate)
         return
 
-    print("event queue ...", flush=True)
-    baseline = bench_queue.bench_katello_style(args.events)
-    ours = bench_queue.bench_ours(args.events)
-    floor = bench_queue.bench_raw_floor(args.events)
-    p50, p99 = bench_queue.bench_latency(args.latency_samples)
-    print("STOMP ...", flush=True)
-    raw_stomp, our_stomp = stomp_rates(args.messages, args.rounds)
-    print("failover ...", flush=True)
-    failovers = bench_failover(args.kills)
-    print("web overhead ...", flush=True)
-    web = bench_web_overhead(args.web_events, args.web_seconds)
-    print("memory ...", flush=True)
-    before, after = bench_memory(10000, args.memory_events)
+    rows = []
+    if "queue" in only:
+        print("event queue ...", flush=True)
+        baseline = bench_queue.bench_katello_style(args.events)
+        ours = bench_queue.bench_ours(args.events)
+        floor = bench_queue.bench_raw_floor(args.events)
+        p50, p99 = bench_queue.bench_latency(args.latency_samples)
+        rows += [
+            ("event queue, events/s (no-op handler)", f"{ours:,.0f}", f"Katello-style {baseline:,.0f}",
+             f"{ours / baseline:.0f}x; {ours / floor:.2f} of raw floor {floor:,.0f}"),
+            ("enqueue-to-start latency (NOTIFY)", f"p50 {p50:.2f} ms", f"p99 {p99:.2f} ms", "target p50 < 10 ms"),
+        ]  # fmt: skip
+    if "stomp" in only:
+        print("STOMP ...", flush=True)
+        raw_stomp, our_stomp = stomp_rates(args.messages, args.rounds)
+        rows.append(("STOMP, msg/s", f"{our_stomp:,.0f}", f"raw stomp.py {raw_stomp:,.0f}",
+                     f"{our_stomp / raw_stomp:.2f}"))  # fmt: skip
+    if "failover" in only:
+        print("failover ...", flush=True)
+        failovers = bench_failover(args.kills)
+        median, worst = statistics.median(failovers), max(failovers)
+        rows.append((f"failover, SIGKILL to next event (n={len(failovers)})", f"median {median:.3f} s",
+                     f"max {worst:.3f} s", "target < 1 s"))  # fmt: skip
+    if "web" in only:
+        print("web overhead ...", flush=True)
+        rows += web_rows("web /api/ping served", bench_web_overhead(args.web_events, args.web_seconds))
+    if "memory" in only:
+        print("memory ...", flush=True)
+        before, after = bench_memory(10000, args.memory_events)
+        rows.append((f"runner RSS, warm-up then +{args.memory_events:,} events", f"{before:.1f} -> {after:.1f} MB",
+                     "", f"growth {after - before:+.1f} MB"))  # fmt: skip
 
-    run, standby = web["runner"], web["standby"]
-    rows = [
-        ("event queue, events/s (no-op handler)", f"{ours:,.0f}", f"Katello-style {baseline:,.0f}",
-         f"{ours / baseline:.0f}x; {ours / floor:.2f} of raw floor {floor:,.0f}"),
-        ("enqueue-to-start latency (NOTIFY)", f"p50 {p50:.2f} ms", f"p99 {p99:.2f} ms", "target p50 < 10 ms"),
-        ("STOMP, msg/s", f"{our_stomp:,.0f}", f"raw stomp.py {raw_stomp:,.0f}", f"{our_stomp / raw_stomp:.2f}"),
-        (f"failover, SIGKILL to next event (n={len(failovers)})", f"median {statistics.median(failovers):.3f} s",
-         f"max {max(failovers):.3f} s", "target < 1 s"),
-        (f"web /api/ping served, p50 (n={len(run)}/{len(standby)})", f"runner {percentile(run, 50):.1f} ms",
-         f"standby {percentile(standby, 50):.1f} ms", f"{percentile(run, 50) / percentile(standby, 50):.2f}"),
-        ("web /api/ping served, p99", f"runner {percentile(run, 99):.1f} ms",
-         f"standby {percentile(standby, 99):.1f} ms", f"{percentile(run, 99) / percentile(standby, 99):.2f}"),
-        (f"runner RSS, warm-up then +{args.memory_events:,} events", f"{before:.1f} -> {after:.1f} MB",
-         "", f"growth {after - before:+.1f} MB"),
-    ]  # fmt: skip
+    slow_results: dict = {}
+    if only & {"io", "cpu", "batch", "inbox", "web-io"}:
+        truncate()
+        print(
+            f"slow handlers ... (CONCURRENCY: {slow.has_concurrency()}, batch handlers: {slow.has_batch_handlers()}, "
+            f"INBOX: {slow.has_inbox()})",
+            flush=True,
+        )
+    if "io" in only:
+        slow_results["io"] = slow.bench_io(args.io_seconds)
+    if "cpu" in only:
+        slow_results["cpu"] = slow.bench_cpu(args.cpu_events)
+    if "batch" in only:
+        slow_results["batch"] = slow.bench_batch(args.batch_events, args.batch_sample)
+    if "inbox" in only:
+        slow_results["inbox"] = slow.bench_inbox(args.inbox_messages, args.inbox_hosts, args.inbox_sample)
+    if "web-io" in only:
+        print("web overhead, 16 I/O-bound handler threads ...", flush=True)
+        slow_results["web-io"] = (
+            bench_web_overhead(
+                args.web_io_events, args.web_io_seconds, lambda count, tag: slow.fill("bench.io", count, tag),
+                DJANGO_SETTINGS_MODULE="bench.settings", BENCH_CONCURRENCY="16",
+            )
+            if slow.has_concurrency()
+            else None
+        )  # fmt: skip
+    rows += slow_rows(args, slow_results)
+
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print()
     header = ("measure", "ours", "baseline / other", "ratio / note")

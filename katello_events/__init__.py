@@ -2,8 +2,10 @@
 
 Public API (importable before the app registry is ready; the work happens on call):
 
-- :func:`push_event`, :func:`event_handler`, :class:`RetryLater`: the durable event queue.
-- :func:`message_handler`, :class:`CandlepinMessage`: handlers of Candlepin's event messages.
+- :func:`push_event`, :func:`event_handler`, :class:`RetryLater`, :class:`PartialFailure`: the
+  durable event queue.
+- :func:`message_handler`, :class:`CandlepinMessage`, :class:`SkipMessage`: handlers of
+  Candlepin's event messages.
 - :func:`start`: start this process's runner standby thread explicitly.
 - :func:`stop`: stop it gracefully (handlers finish, status rows say so, the lock is released).
 """
@@ -14,8 +16,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from katello_events.candlepin.message import CandlepinMessage, MalformedMessage
-from katello_events.event_queue.types import QueuedEvent, RetryLater, UnknownEventType
+from katello_events.candlepin.message import CandlepinMessage, MalformedMessage, SkipMessage
+from katello_events.event_queue.types import PartialFailure, QueuedEvent, RetryLater, UnknownEventType
 from katello_events.registry import event_handler, message_handler
 
 if TYPE_CHECKING:
@@ -24,8 +26,10 @@ if TYPE_CHECKING:
 __all__ = [
     "CandlepinMessage",
     "MalformedMessage",
+    "PartialFailure",
     "QueuedEvent",
     "RetryLater",
+    "SkipMessage",
     "UnknownEventType",
     "event_handler",
     "message_handler",

@@ -1,8 +1,11 @@
-"""Django admin: the event queue and the handler status rows, read-only, plus "requeue dead events".
+"""Django admin: the event queue, the handler status rows and task results, read-only, plus
+"requeue dead events" and "retry failed tasks".
 
-Nothing here writes except the requeue action, which does what ``manage.py requeue_events`` does
+Nothing here writes except two actions: requeue, which does what ``manage.py requeue_events`` does
 (:func:`katello_events.event_queue.maintenance.requeue_dead`) and needs the ``change_event``
-permission. Events are never added, edited or deleted by hand: the queue owns its rows.
+permission, and retry, which enqueues failed tasks again
+(:func:`katello_events.tasks.upkeep.retry_failed`, the ``change_taskresultrecord`` permission).
+Events and results are never added, edited or deleted by hand: the queue owns its rows.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from django.http import HttpRequest
 
 from katello_events.conf import get_config, queue_depth_threshold
 from katello_events.event_queue.maintenance import requeue_dead
-from katello_events.models import Event, HandlerStatus
+from katello_events.models import Event, HandlerStatus, TaskResultRecord
 from katello_events.status.report import handover_grace, service_entry
+from katello_events.tasks.upkeep import retry_failed
 
 READY, DEFERRED, DEAD = "ready", "deferred", "dead"
 
@@ -122,3 +126,32 @@ class HandlerStatusAdmin(ReadOnlyAdmin):
             row, getattr(row, "db_now", None), config["STALE_AFTER"], "0", threshold, handover_grace(config)
         )
         return f"{entry['status']}: {entry['message']}"
+
+
+@admin.register(TaskResultRecord)
+class TaskResultAdmin(ReadOnlyAdmin):
+    """Results of tasks run by the Django Tasks backend (``katello_events.tasks``), with "retry"."""
+
+    list_display = (
+        "id", "task_path", "backend", "queue_name", "status", "priority", "attempts", "enqueued_at", "finished_at",
+    )  # fmt: skip
+    list_filter = ("status", "backend", "queue_name")
+    search_fields = ("=id", "task_path")
+    search_help_text = "Exact result id, or part of the task's path."
+    actions = ("retry_selected",)
+    show_full_result_count = False
+
+    @admin.display(description="attempts")
+    def attempts(self, record: TaskResultRecord) -> int:
+        return len(record.worker_ids)
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{TaskResultRecord._meta.app_label}.change_taskresultrecord")
+
+    @admin.action(description="Retry selected failed tasks", permissions=["retry"])
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[TaskResultRecord]) -> None:
+        selected = queryset.count()
+        count = retry_failed(queryset)
+        self.message_user(request, f"{count} failed task(s) enqueued again.", messages.SUCCESS)
+        if selected > count:
+            self.message_user(request, f"{selected - count} selected task(s) had not failed; left as they were.")

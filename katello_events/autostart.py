@@ -42,6 +42,24 @@ def in_test_run(argv: Sequence[str]) -> bool:
     return bool(argv) and os.path.basename(argv[0]) in {"pytest", "py.test"}
 
 
+def serving_child(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> bool:
+    """True in ``runserver``'s serving process: the reloader's child (``RUN_MAIN``), or the only
+    process with ``--noreload``. It never forks, so it may start its runner as soon as Django is
+    ready, without waiting for a first request."""
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    if management_command(argv) not in SERVING_COMMANDS:
+        return False
+    return environ.get(DJANGO_AUTORELOAD_ENV) == "true" or "--noreload" in argv
+
+
+def reloader_parent(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> bool:
+    """True in ``runserver``'s reloader parent, which starts the serving child and restarts it."""
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    return management_command(argv) in SERVING_COMMANDS and not serving_child(argv, environ)
+
+
 def autostart_blocker(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,

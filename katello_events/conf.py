@@ -14,7 +14,7 @@ import functools
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -83,6 +83,10 @@ class Config(Mapping[str, Any]):
     QUEUE_DEPTH_WARNING: int | Mapping[str, int | None] | None = 1000
     # Seconds the status read of /api/ping, /about/ and `ping` may take before it reports FAIL.
     PING_TIMEOUT: float = 2.0
+    # HTTP status of /api/ping and /about/ when a service is FAIL: 503 (load balancers and uptime
+    # checks read it without parsing the body) or 200 (Katello's own ping, for clients that
+    # treat any 5xx as the server being down). E018.
+    PING_FAIL_STATUS: int = 503
     # Memory watchdog: megabytes of resident memory (RSS) above which the runner hands over
     # (handlers finish the unit in hand, the lock is released, a standby takes over). None: off.
     MAX_RSS_MB: float | None = None
@@ -136,9 +140,52 @@ DEFAULTS: dict[str, Any] = {**{key: getattr(Config(), key) for key in KEYS}, "LO
 
 def unknown_key_message(key: str) -> str:
     """``Unknown KATELLO_EVENTS key 'HEARTBEAT' (did you mean 'HEARTBEAT_INTERVAL'?)``."""
-    close = difflib.get_close_matches(key, KEYS, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(KEYS)})"
-    return f"Unknown KATELLO_EVENTS key {key!r}{hint}"
+    return f"Unknown KATELLO_EVENTS key {key!r}{did_you_mean(key, KEYS, 'keys')}"
+
+
+def did_you_mean(key: str, known: Collection[str], what: str = "keys") -> str:
+    """`` (did you mean 'BATCH_SIZE'?)`` for the closest of ``known``, else `` (known keys: ...)``."""
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known {what}: {', '.join(known)})"
+
+
+def unknown_option_message(handler: str, key: str, known: Collection[str]) -> str:
+    """``Handler 'katello_events': unknown OPTIONS key 'BATCHSIZE' (did you mean 'BATCH_SIZE'?)``."""
+    return f"Handler {handler!r}: unknown OPTIONS key {key!r}{did_you_mean(key, known, 'options')}"
+
+
+def config_error() -> str | None:
+    """Why :func:`get_config` refuses the setting (an unknown key, not a dict), or None.
+
+    For the surfaces that must answer even then (``/api/ping``, ``/about/``, ``manage.py ping``,
+    ``/metrics``) and for the one error line logged at start-up (``apps.py``).
+    """
+    try:
+        get_config()
+    except ImproperlyConfigured as exc:
+        return str(exc)
+    return None
+
+
+def setting(key: str) -> Any:
+    """``get_config()[key]``; when the setting is refused (see :func:`config_error`), the user's own
+    value of ``key`` if it has one, else its default: who may read the status is still decided
+    by ``DETAILS_VISIBLE_TO`` while a misspelt key beside it stops the handlers."""
+    try:
+        return get_config()[key]
+    except ImproperlyConfigured:
+        user = getattr(settings, "KATELLO_EVENTS", None)
+        return user[key] if isinstance(user, Mapping) and key in user else DEFAULTS[key]
+
+
+def handler_names() -> list[str]:
+    """The configured handler slots' names, even when the setting is refused (then read from the
+    user's ``HANDLERS`` when it is a dict, else the default slots)."""
+    try:
+        return list(get_config().HANDLERS)
+    except ImproperlyConfigured:
+        handlers = setting("HANDLERS")
+        return [str(name) for name in handlers] if isinstance(handlers, Mapping) else list(DEFAULT_HANDLERS)
 
 
 @functools.cache

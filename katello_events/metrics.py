@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 
-from katello_events.conf import get_config
+from katello_events.conf import setting
 from katello_events.status.report import FAIL, collect_status
 from katello_events.views import audience_admits, details_visible
 
@@ -58,12 +58,13 @@ def metrics(request: HttpRequest) -> HttpResponse:
         import prometheus_client  # noqa: F401  (only asks whether the optional extra is there)
     except ImportError:
         return HttpResponse(MISSING_CLIENT, status=501, content_type="text/plain; charset=utf-8")
-    config = get_config()
-    if config.METRICS_VISIBLE_TO == "nobody":
+    # setting(): a refused KATELLO_EVENTS (an unknown key) still answers, with every service down.
+    audience = setting("METRICS_VISIBLE_TO")
+    if audience == "nobody":
         raise Http404("/metrics is turned off (KATELLO_EVENTS['METRICS_VISIBLE_TO'] is 'nobody')")
-    if not audience_admits(request, config.METRICS_VISIBLE_TO):
+    if not audience_admits(request, audience):
         return HttpResponse("not allowed to read the metrics\n", status=403, content_type="text/plain; charset=utf-8")
-    include_runner = config.METRICS_INCLUDE_RUNNER or details_visible(request)
+    include_runner = bool(setting("METRICS_INCLUDE_RUNNER")) or details_visible(request)
     body, content_type = render(collect_status(), request.headers.get("Accept", ""), include_runner)
     return HttpResponse(body, content_type=content_type)
 
@@ -99,7 +100,16 @@ def families(document: dict[str, Any], *, include_runner: bool = False) -> list[
             _add_known(family, name, entry.get(key))
         if include_runner and (info := entry.get("runner")) and info.get("hostname"):
             runner.add_metric([name], {"hostname": info["hostname"], "pid": str(info.get("pid") or "")})
-    return [processed, failed, *(family for _, family in gauges), running, up, runner]
+    tasks = GaugeMetricFamily(
+        f"{PREFIX}_task_results",
+        "Django Tasks results kept, by backend, queue and status (waiting: READY).",
+        labels=["backend", "queue", "status"],
+    )
+    for entry in services.values():
+        for queue in entry.get("task_queues") or []:
+            for status in ("waiting", "successful", "failed"):
+                tasks.add_metric([queue["backend"], queue["queue_name"], status], queue[status])
+    return [processed, failed, *(family for _, family in gauges), running, up, runner, tasks]
 
 
 def _add_known(family: Any, handler: str, value: float | None) -> None:

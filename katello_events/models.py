@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import ClassVar
 
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
+from django.utils import timezone
 
 
 class HandlerStatus(models.Model):
@@ -110,3 +112,55 @@ class RunnerFence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} epoch {self.epoch}"
+
+
+class TaskResultRecord(models.Model):
+    """One task enqueued through the Django Tasks backend (``katello_events.tasks``) and its outcome.
+
+    Written with its ``katello_events.task`` event in the enqueuing transaction, and updated by
+    the runner in the transaction of the batch that ran the task (so a rolled-back batch leaves
+    it as it was). Lives in the event queue's database: route it with ``Event``. ``status`` is
+    READY, SUCCESSFUL or FAILED; RUNNING is never stored (a running task's batch has not
+    committed), it is read from the event's row lock (``katello_events.tasks.results``).
+    """
+
+    READY = "READY"
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+    STATUSES = ((READY, "ready"), (SUCCESSFUL, "successful"), (FAILED, "failed"))
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    backend = models.CharField(max_length=100, help_text="The TASKS alias it was enqueued with.")
+    queue_name = models.CharField(max_length=100)
+    task_path = models.CharField(max_length=255, help_text="Module path of the task function.")
+    priority = models.SmallIntegerField(default=0)
+    takes_context = models.BooleanField(default=False)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=STATUSES, default=READY)
+    run_after = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    failed_attempts = models.IntegerField(default=0, help_text="Attempts that raised since enqueued or retried.")
+    return_value = models.JSONField(null=True, blank=True)
+    errors = models.JSONField(
+        default=list, blank=True, help_text="[{exception_class_path, traceback}] of failed attempts, redacted."
+    )
+    worker_ids = models.JSONField(default=list, blank=True, help_text="host:pid of the runner of each attempt.")
+
+    class Meta:
+        db_table = "katello_events_taskresult"
+        verbose_name = "task result"
+        # A list, as for HandlerStatus.
+        ordering: ClassVar[list[str]] = ["-enqueued_at"]
+        indexes = (
+            # Per-queue counts (status surfaces) and the admin's filters.
+            models.Index(fields=["queue_name", "status"], name="katello_events_task_queue"),
+            # Pruning finished results.
+            models.Index(fields=["finished_at"], name="katello_events_task_finished"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.task_path} {self.id} ({self.status})"

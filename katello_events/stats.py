@@ -1,4 +1,10 @@
-"""The counters and gauges of one handler slot, shared by the handler's thread and the runner's."""
+"""The counters and gauges of one handler slot, shared by the handler's thread and the runner's.
+
+Also which slot's counters code running in a thread adds to (:func:`bind_thread`,
+:func:`count_in_thread`): a handler's threads are bound to their slot each time they tick, so a
+function the slot runs (a message handler, through ``handle_stored_message``) can count what
+only it knows (``skipped``) on the service that ran it.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +41,28 @@ class HandlerStats:
     def gauges(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._gauges)
+
+
+_thread = threading.local()
+
+
+def bind_thread(stats: HandlerStats | None) -> HandlerStats | None:
+    """Make ``stats`` the counters :func:`count_in_thread` adds to in this thread (None: none);
+    returns the previous binding. ``Handler.tick()`` binds its slot's, in every thread that ticks."""
+    previous = getattr(_thread, "stats", None)
+    _thread.stats = stats
+    return previous
+
+
+def thread_stats() -> HandlerStats | None:
+    """The counters bound to this thread: those of the slot running in it; None outside a slot."""
+    return getattr(_thread, "stats", None)
+
+
+def count_in_thread(counter: str, amount: int = 1) -> bool:
+    """Add to ``counter`` of the slot running in this thread; False (nothing counted) outside one."""
+    stats = thread_stats()
+    if stats is None:
+        return False
+    stats.increment(counter, amount)
+    return True

@@ -12,7 +12,7 @@ from django.utils.module_loading import import_string
 
 from katello_events.errors import describe_error
 from katello_events.fencing import UNFENCED, Fence
-from katello_events.handlers.base import Handler, HandlerState
+from katello_events.handlers.base import Handler, HandlerState, unknown_options
 from katello_events.log import get_logger
 from katello_events.redaction import redact
 from katello_events.stats import HandlerStats
@@ -50,6 +50,15 @@ class HandlerSlot:
     def start(self) -> None:
         """A fresh handler instance in a new thread; a constructor that raises counts as a crash."""
         self.started_at = time.monotonic()
+        misspelt = unknown_options(self.name, self.handler_class, self.options)
+        if misspelt:
+            # Said before the handler's own constructor refuses it, with what was meant.
+            self.last_error = redact("; ".join(misspelt))
+            logger.error(
+                "handler %s could not be created: %s", self.name, self.last_error, extra={"handler": self.name}
+            )
+            self._schedule_restart(time.monotonic())
+            return
         try:
             self.handler = self.handler_class(self.name, self.options, self.stats)
         except Exception as exc:

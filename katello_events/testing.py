@@ -16,7 +16,7 @@ from katello_events.candlepin.message import CandlepinMessage, parse_message
 from katello_events.event_queue.batch import RetryPolicy
 from katello_events.event_queue.consumer import BatchConsumer
 from katello_events.models import Event
-from katello_events.stats import HandlerStats
+from katello_events.stats import HandlerStats, bind_thread
 
 
 def drain_events(*, include_deferred: bool = False, max_attempts: int = 1, max_batches: int = 1000) -> HandlerStats:
@@ -30,9 +30,13 @@ def drain_events(*, include_deferred: bool = False, max_attempts: int = 1, max_b
         Event.objects.filter(state=Event.PENDING).update(run_after=Now())
     stats = HandlerStats()
     consumer = BatchConsumer(stats, retry=RetryPolicy(max_attempts=max_attempts))
-    for _ in range(max_batches):
-        if not consumer.process_batch():
-            break
+    previous = bind_thread(stats)  # what the handlers count themselves (skipped messages) lands here too
+    try:
+        for _ in range(max_batches):
+            if not consumer.process_batch():
+                break
+    finally:
+        bind_thread(previous)
     return stats
 
 

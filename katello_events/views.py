@@ -9,13 +9,20 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 
-from katello_events.conf import get_config
-from katello_events.status.report import FAIL, WARN, collect_status, public_document
+from katello_events.conf import setting
+from katello_events.status.report import (
+    FAIL,
+    WARN,
+    UnknownServices,
+    collect_status,
+    public_document,
+    select_services,
+)
 
 
 def details_visible(request: HttpRequest) -> bool:
     """Whether this caller may see error texts, hostnames and pids (``DETAILS_VISIBLE_TO``)."""
-    return audience_admits(request, get_config()["DETAILS_VISIBLE_TO"])
+    return audience_admits(request, setting("DETAILS_VISIBLE_TO"))
 
 
 def audience_admits(request: HttpRequest, audience: str) -> bool:
@@ -41,17 +48,31 @@ def overall_with_warnings(document: dict[str, Any]) -> str:
     return WARN if any(s["status"] == WARN for s in document["services"].values()) else document["status"]
 
 
-def _document_for(request: HttpRequest) -> tuple[dict[str, Any], bool]:
-    document = collect_status()
+def _document_for(request: HttpRequest, services: list[str] | None = None) -> tuple[dict[str, Any], bool]:
+    document = collect_status(services)
     detailed = details_visible(request)
     return (document if detailed else public_document(document)), detailed
 
 
+def http_status(document: dict[str, Any]) -> int:
+    """200, or ``PING_FAIL_STATUS`` (503 unless set; Katello answered 200) when a service is FAIL."""
+    return int(setting("PING_FAIL_STATUS")) if document["status"] == FAIL else 200
+
+
 @never_cache
 def ping(request: HttpRequest) -> JsonResponse:
-    """Katello-compatible ping: HTTP 200 unless a service is FAIL, then 503."""
-    document, _ = _document_for(request)
-    return JsonResponse(document, status=503 if document["status"] == FAIL else 200)
+    """Katello-compatible ping: HTTP 200 unless a service is FAIL, then ``PING_FAIL_STATUS``.
+
+    ``?services=a,b`` answers for those services only (Katello's ``ping(services: [...])``);
+    an unknown name is a 400 that lists the services.
+    """
+    requested = [name.strip() for name in request.GET.get("services", "").split(",") if name.strip()]
+    try:
+        services = select_services(requested)
+    except UnknownServices as exc:
+        return JsonResponse({"error": str(exc), "services": exc.known}, status=400)
+    document, _ = _document_for(request, services)
+    return JsonResponse(document, status=http_status(document))
 
 
 @never_cache
@@ -63,5 +84,6 @@ def about(request: HttpRequest) -> HttpResponse:
         "services": document["services"],
         "detailed": detailed,
         "overall": overall_with_warnings(document),
+        "heartbeat_interval": setting("HEARTBEAT_INTERVAL"),
     }
-    return render(request, "katello_events/about.html", context, status=503 if document["status"] == FAIL else 200)
+    return render(request, "katello_events/about.html", context, status=http_status(document))

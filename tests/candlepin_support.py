@@ -23,7 +23,9 @@ QUEUE_PREFIX = "katello.candlepin.test-"
 
 OWNER = "8a8d01f77c5f4a5b017c5f4e9ee70003"
 
-#: subject -> (target, type, fields of a realistic body), after Candlepin's event JSON.
+#: subject -> (target, type, fields of a realistic body), after Candlepin's event JSON. The exact
+#: shapes are in tests/fixtures/candlepin_messages/; these bodies differ on purpose in ``id``, a
+#: unique uuid here (Candlepin sends null) by which the tests tell their messages apart (uid_of).
 SUBJECTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "pool.created": ("POOL", "CREATED", {"entityId": "pool-1", "eventData": {"subscriptionId": "sub-1"}}),
     "pool.deleted": ("POOL", "DELETED", {"entityId": "pool-2", "eventData": None}),
@@ -45,9 +47,7 @@ SUBJECTS: dict[str, tuple[str, str, dict[str, Any]]] = {
             "consumerUuid": "host-3",
             "eventData": {
                 "status": "invalid",
-                "reasons": [
-                    {"key": "NOTCOVERED", "message": "Not supported by a valid subscription.", "attributes": {}}
-                ],
+                "reasons": [{"productName": "RHEL Server", "message": "Not supported by a valid subscription."}],
             },
         },
     ),
@@ -241,6 +241,9 @@ def fake_management_api(document: Any, user: str = "monitor", password: str = "s
 LISTENER = "katello_events.handlers.candlepin.CandlepinHandler"
 QUEUE = "katello_events.handlers.event_queue.EventQueueHandler"
 FAST = {"BROKER_URL": BROKER_URL, "RECONNECT_BACKOFF": 0.1, "RECONNECT_BACKOFF_MAX": 0.5, "CONNECT_TIMEOUT": 5}
+#: The listener's direct path (handlers run in the listener): pinned by the tests of that path,
+#: since the inbox is the default (docs/candlepin.md, "The inbox").
+DIRECT = {"INBOX": False}
 FAST_QUEUE = {"POLL_INTERVAL": 0.2, "RETRY_BACKOFF": 0.1, "RETRY_BACKOFF_MAX": 0.2, "STATS_INTERVAL": 0.1}
 
 

@@ -60,6 +60,28 @@ if os.environ.get("KATELLO_EVENTS_PROBE_LOG"):
         **KATELLO_EVENTS["HANDLERS"],
         "probe": {"BACKEND": "tests.probe.ProbeHandler", "OPTIONS": {"LOG": os.environ["KATELLO_EVENTS_PROBE_LOG"]}},
     }
+# Process tests of the Candlepin listener's direct path pin its INBOX ("false"; docs/candlepin.md).
+if os.environ.get("KATELLO_EVENTS_CANDLEPIN_INBOX"):
+    _listener = KATELLO_EVENTS["HANDLERS"]["candlepin_events"]
+    KATELLO_EVENTS["HANDLERS"] = {
+        **KATELLO_EVENTS["HANDLERS"],
+        "candlepin_events": {
+            **_listener,
+            "OPTIONS": {**_listener["OPTIONS"], "INBOX": os.environ["KATELLO_EVENTS_CANDLEPIN_INBOX"] == "true"},
+        },
+    }
+# Scenarios written around one consumer thread (a single slow batch in flight) pin CONCURRENCY.
+if os.environ.get("KATELLO_EVENTS_CONCURRENCY"):
+    KATELLO_EVENTS["HANDLERS"] = {
+        **KATELLO_EVENTS["HANDLERS"],
+        "katello_events": {
+            **KATELLO_EVENTS["HANDLERS"]["katello_events"],
+            "OPTIONS": {
+                **KATELLO_EVENTS["HANDLERS"]["katello_events"].get("OPTIONS", {}),
+                "CONCURRENCY": int(os.environ["KATELLO_EVENTS_CONCURRENCY"]),
+            },
+        },
+    }
 # Multi-host and watchdog tests (tests/test_cluster_election.py) configure their servers here.
 if os.environ.get("KATELLO_EVENTS_LOCK_BACKEND"):
     KATELLO_EVENTS["LOCK_BACKEND"] = os.environ["KATELLO_EVENTS_LOCK_BACKEND"]

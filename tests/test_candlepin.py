@@ -24,6 +24,7 @@ from katello_events.handlers.candlepin import DEPOSED, CandlepinHandler
 from katello_events.models import Event
 from katello_events.testing import drain_events
 from tests.candlepin_support import (
+    DIRECT,
     FAST,
     SUBJECTS,
     consumers_of,
@@ -54,12 +55,13 @@ def records(message_id: str) -> list[Handling]:
 # -- dispatch ----------------------------------------------------------------------------------
 
 
-def test_every_candlepin_subject_is_dispatched_end_to_end(runners, lock_file, destination):
+@pytest.mark.parametrize("inbox", [False, True], ids=["direct", "inbox"])
+def test_every_candlepin_subject_is_dispatched_end_to_end(runners, lock_file, destination, inbox):
     messages = [subject_message(subject) for subject in SUBJECTS]
     # Without EVENT_TARGET/EVENT_TYPE headers the subject comes from the body's target and type.
     messages.append(subject_message("pool.created", headers=False, entityId="pool-from-body"))
     send(destination, messages)
-    run_listener(runners, lock_file, destination)
+    run_listener(runners, lock_file, destination, INBOX=inbox)
 
     wait_for(lambda: Handling.objects.count() == len(messages), 20, "every message handled")
     runs = {run.uid: run for run in Handling.objects.all()}
@@ -78,6 +80,8 @@ def test_every_candlepin_subject_is_dispatched_end_to_end(runners, lock_file, de
 
     row = wait_for(settled, 10, "processed counted, nothing in flight")
     assert row.failed_count == 0
+    assert row.counters.get("stored", 0) == (len(messages) if inbox else 0), "the inbox counts what it stored"
+    assert row.details["inbox"] is inbox
     assert row.problem == ""
     assert row.details["connected_since"]
     assert row.details["last_message_at"]
@@ -89,7 +93,7 @@ def test_every_candlepin_subject_is_dispatched_end_to_end(runners, lock_file, de
 
 def test_an_unknown_subject_is_ignored_and_acked(runners, lock_file, destination):
     send(destination, [subject_message("consumer.created"), subject_message("pool.created")])
-    run_listener(runners, lock_file, destination)
+    run_listener(runners, lock_file, destination, **DIRECT)
     row = wait_for(
         lambda: (r := status_row()).counters.get("ignored") == 1 and r.processed_count == 1 and r,
         10,
@@ -107,7 +111,7 @@ def test_an_unknown_subject_is_ignored_and_acked(runners, lock_file, destination
 def test_a_failing_handler_goes_to_the_event_queue_is_retried_then_kept_dead(runners, lock_file, destination, caplog):
     message = subject_message("testing.fail")
     send(destination, [message])
-    run_listener(runners, lock_file, destination, event_queue={"MAX_ATTEMPTS": 3})
+    run_listener(runners, lock_file, destination, **DIRECT, event_queue={"MAX_ATTEMPTS": 3})
 
     dead = wait_for(lambda: Event.objects.filter(state=Event.DEAD).first(), 20, "retried, then kept as dead")
     assert (dead.event_type, dead.attempts) == (MESSAGE_EVENT, 3)
@@ -126,7 +130,7 @@ def test_a_failing_handler_goes_to_the_event_queue_is_retried_then_kept_dead(run
 def test_a_stored_message_runs_again_with_its_subject_body_and_event_data(runners, lock_file, destination):
     message = subject_message("testing.fail_until_switched", eventData={"status": "valid"})
     send(destination, [message])
-    run_listener(runners, lock_file, destination, event_queue={"RETRY_BACKOFF": 0.3, "MAX_ATTEMPTS": 50})
+    run_listener(runners, lock_file, destination, **DIRECT, event_queue={"RETRY_BACKOFF": 0.3, "MAX_ATTEMPTS": 50})
     wait_for(lambda: Event.objects.filter(event_type=MESSAGE_EVENT, attempts__gte=1).exists(), 20, "retrying")
     Switch.objects.create(name=uid_of(message))
     [run] = wait_for(lambda: records(uid_of(message)), 20, "handled by the event queue once switched on")
@@ -137,17 +141,18 @@ def test_a_stored_message_runs_again_with_its_subject_body_and_event_data(runner
 
 def test_a_slow_handler_does_not_hold_back_the_commit_and_ack_of_the_message_before(runners, lock_file, destination):
     # Both wait in one burst; the burst's transaction ends once it has run ACK_DELAY.
-    send(destination, [subject_message("testing.record", sleep=0.1), subject_message("testing.record", sleep=3)])
-    run_listener(runners, lock_file, destination)
+    send(destination, [subject_message("testing.record", sleep=0.1), subject_message("testing.record", sleep=8)])
+    run_listener(runners, lock_file, destination, **DIRECT)
     wait_for(lambda: Handling.objects.count() == 1, 10, "the first committed while the second handler runs")
-    wait_for(lambda: messages_in_queue(destination) == 1, 2.5, "the first is acked meanwhile", interval=0.2)
-    wait_for(lambda: Handling.objects.count() == 2, 10, "the second committed once done")
+    # The second handler sleeps 8 s: room enough, on a loaded machine, to see the first acked.
+    wait_for(lambda: messages_in_queue(destination) == 1, 6, "the first is acked meanwhile", interval=0.2)
+    wait_for(lambda: Handling.objects.count() == 2, 20, "the second committed once done")
     wait_for(lambda: messages_in_queue(destination) == 0, 10, "the second is acked once done", interval=0.3)
 
 
 def test_retry_later_is_stored_for_later_and_is_not_a_failure(runners, lock_file, destination):
     send(destination, [subject_message("testing.retry_later", seconds=3600)])
-    run_listener(runners, lock_file, destination)
+    run_listener(runners, lock_file, destination, **DIRECT)
     event = wait_for(lambda: Event.objects.first(), 10, "stored for later")
     assert (event.state, event.attempts) == (Event.PENDING, 0)
     assert 3590 < (event.run_after - event.created_at).total_seconds() <= 3600
@@ -159,7 +164,7 @@ def test_a_handler_that_breaks_its_database_connection_still_gets_its_message_st
     runners, lock_file, destination, caplog
 ):
     send(destination, [subject_message("testing.lose_connection"), subject_message("pool.created")])
-    runner = run_listener(runners, lock_file, destination, event_queue=False)  # the stored message stays put
+    runner = run_listener(runners, lock_file, destination, **DIRECT, event_queue=False)  # the stored message stays put
     wait_for(lambda: Handling.objects.count() == 1, 10, "the next message handled on a fresh connection")
     assert Event.objects.get().metadata["subject"] == "testing.lose_connection"
     assert snapshot(runner).counters["deferred"] == 1
@@ -209,7 +214,7 @@ LIMIT = 16 * 1024
 @pytest.fixture
 def malformed_listener(runners, lock_file, destination):
     send(destination, [subject_message("pool.created")])  # declares the queue
-    runner = run_listener(runners, lock_file, destination, MAX_BODY_BYTES=LIMIT)
+    runner = run_listener(runners, lock_file, destination, **DIRECT, MAX_BODY_BYTES=LIMIT)
     wait_for(lambda: Handling.objects.count() == 1, 10, "the listener is consuming")
     return runner
 
@@ -274,7 +279,7 @@ def test_a_database_outage_while_storing_leaves_the_message_to_the_broker(runner
 
     monkeypatch.setattr(dispatch, "push_event", push)
     send(destination, [subject_message("testing.fail")])
-    runner = run_listener(runners, lock_file, destination)
+    runner = run_listener(runners, lock_file, destination, **DIRECT)
     wait_for(lambda: (problem(runner) or "").startswith("database unreachable"), 10, "reported")
     assert not Event.objects.exists()
     assert messages_in_queue(destination) == 1, "not acked: the broker keeps it"
@@ -289,7 +294,7 @@ def test_a_database_outage_while_storing_leaves_the_message_to_the_broker(runner
 
 def test_a_base_exception_from_a_handler_fails_its_message_and_never_the_listener(runners, lock_file, destination):
     send(destination, [subject_message("testing.base_exception"), subject_message("pool.created")])
-    runner = run_listener(runners, lock_file, destination, event_queue=False)  # the stored message stays put
+    runner = run_listener(runners, lock_file, destination, **DIRECT, event_queue=False)  # the stored message stays put
     wait_for(lambda: Handling.objects.count() == 1, 10, "the message after it handled")
     stored = wait_for(lambda: Event.objects.first(), 10, "the failed message stored for retry")
     assert (stored.metadata["subject"], stored.state) == ("testing.base_exception", Event.PENDING)
@@ -309,7 +314,7 @@ def test_a_redelivered_message_goes_through_the_event_queue_and_the_next_ones_ke
     send(destination, [again])
     leave_unacked(destination, 1)  # a consumer took it and went away: the broker delivers it again
     send(destination, [after])
-    runner = run_listener(runners, lock_file, destination, event_queue=False)
+    runner = run_listener(runners, lock_file, destination, **DIRECT, event_queue=False)
     wait_for(lambda: records(uid_of(after)), 10, "the next message handled directly")
     stored = Event.objects.get()
     assert stored.metadata["body"]["id"] == uid_of(again)
@@ -328,7 +333,7 @@ def test_a_redelivered_message_goes_through_the_event_queue_and_the_next_ones_ke
 
 def test_the_message_in_hand_is_named_in_the_details(runners, lock_file, destination):
     send(destination, [subject_message("testing.record", sleep=2)])
-    runner = run_listener(runners, lock_file, destination)
+    runner = run_listener(runners, lock_file, destination, **DIRECT)
     handling = wait_for(lambda: snapshot(runner).details.get("handling"), 10, "the handler is running")
     assert handling["subject"] == "testing.record"
     assert handling["message_id"].startswith("T_")
@@ -344,7 +349,7 @@ def test_the_message_in_hand_is_named_in_the_details(runners, lock_file, destina
 def fenced_listener(destination):
     """A listener in a thread of its own, holding the runner's term taken now (no runner around it,
     so nothing else reacts when the term ends)."""
-    handler = CandlepinHandler("candlepin_events", {**FAST, "DESTINATION": destination}, HandlerStats())
+    handler = CandlepinHandler("candlepin_events", {**FAST, **DIRECT, "DESTINATION": destination}, HandlerStats())
     handler.fence = Fence(take_epoch("test", os.getpid(), lock_timeout=5))
 
     def run() -> None:

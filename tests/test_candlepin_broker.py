@@ -12,6 +12,7 @@ import pytest
 
 from tests.candlepin_support import (
     BROKER_URL,
+    DIRECT,
     can_control_broker,
     fake_management_api,
     messages_in_queue,
@@ -116,7 +117,8 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_the_listener_reconnects_b
 ):
     messages = [subject_message("testing.record", sleep=0.01) for _ in range(150)]
     send(destination, messages)
-    runner = run_listener(runners, lock_file, destination)
+    # The direct path: the inbox would store and ack the 150 messages before the broker stops.
+    runner = run_listener(runners, lock_file, destination, **DIRECT)
     wait_for(lambda: Handling.objects.count() >= 20, 20, "handling has begun")
     rabbitmqctl("stop_app")
     try:
@@ -135,7 +137,9 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_the_listener_reconnects_b
 def test_kill_9_mid_stream_leaves_unacked_messages_to_the_next_runner(start_server, destination):
     messages = [subject_message("testing.record", sleep=0.02) for _ in range(200)]
     send(destination, messages)
+    # The direct path: with the inbox, the first runner's stored messages may run first in the next.
     env = {"CANDLEPIN_QUEUE": destination, "CANDLEPIN_BROKER_URL": BROKER_URL}
+    env["KATELLO_EVENTS_CANDLEPIN_INBOX"] = "false"
     first = start_server(manage_args("run_event_daemon"), **env)
     wait_for(lambda: Handling.objects.count() >= 30, 60, "the first runner is handling messages")
     os.kill(first.pid, signal.SIGKILL)

@@ -64,6 +64,7 @@ def test_a_candlepin_message_that_sigkills_its_process_ends_dead_and_the_rest_fl
         CANDLEPIN_BROKER_URL=BROKER_URL,
         KATELLO_EVENTS_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
         KATELLO_EVENTS_RETRY_BACKOFF="1",
+        KATELLO_EVENTS_CANDLEPIN_INBOX="false",  # the listener's own safeguard: the inbox runs nothing
     )
 
     def settled() -> bool:

@@ -44,6 +44,7 @@ def test_defaults_are_katellos():
         LIMIT,
     )
     assert config.depth_probe_url is None
+    assert config.inbox is True, "the inbox is the default (docs/candlepin.md says why)"
 
 
 def test_broker_urls_fail_over_in_order_with_their_own_credentials_and_tls():
@@ -77,6 +78,8 @@ def test_broker_urls_fail_over_in_order_with_their_own_credentials_and_tls():
         ({"SSL_CA": "/ca.pem"}, "SSL_CERT", "stomp+ssl"),
         ({"DEPTH_PROBE_URL": "ftp://u:hunter2@h/q"}, "DEPTH_PROBE_URL", "http(s)"),
         ({"QUEUE": "x"}, "QUEUE", "not an option"),
+        ({"INBOX": "false"}, "INBOX", "True or False"),
+        ({"INBOX": 0}, "INBOX", "True or False"),
     ],
 )
 def test_invalid_options_name_their_key_and_never_show_a_password(options, key, text):
@@ -274,7 +277,12 @@ def test_e006_says_what_is_wrong_with_a_hint_and_no_password(tmp_path):
 
 @pytest.mark.parametrize(
     "options",
-    [{"PREFETCH": -1}, {"TYPO": 1}, {"BROKER_URL": "stomp+ssl://h:1", "SSL_CERT": "/no/such/cert.pem"}],
+    [
+        {"PREFETCH": -1},
+        {"TYPO": 1},
+        {"INBOX": "yes"},
+        {"BROKER_URL": "stomp+ssl://h:1", "SSL_CERT": "/no/such/cert.pem"},
+    ],
 )
 def test_e007_other_candlepin_options(tmp_path, options):
     assert candlepin_check_ids(tmp_path, **options) == ["katello_events.E007"]

@@ -27,6 +27,7 @@ from katello_events.candlepin.options import DEFAULT_OPTIONS as LISTENER_DEFAULT
 from katello_events.models import Event
 from tests.candlepin_support import (
     BROKER_URL,
+    DIRECT,
     can_control_broker,
     messages_in_queue,
     new_destination,
@@ -222,7 +223,9 @@ def test_a_postgresql_restart_is_reported_as_fail_and_survived_without_loss(runn
         for uid in events:
             katello_events.push_event("test.record", uid, {"uid": uid, "sleep": 0.01})
     send(destination, [subject_message("testing.record", id=uid, sleep=0.01) for uid in messages])
-    runner = run_listener(runners, lock_file, destination, event_queue={})
+    # The direct path: with the inbox the listener would have stored every message before the
+    # outage, and have nothing left to find the database gone with.
+    runner = run_listener(runners, lock_file, destination, event_queue={}, **DIRECT)
     wait_for(lambda: Handling.objects.count() >= 40, 60, "both handlers are busy")
     connections.close_all()
 

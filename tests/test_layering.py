@@ -17,8 +17,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "katello_events"
 LAYERS: list[tuple[str, ...]] = [
     # 0: leaves, shared types and helpers
     (
-        "errors", "redaction", "stats", "memory", "autostart", "pgdriver", "event_queue.types",
+        "errors", "redaction", "stats", "memory", "autostart", "pgdriver", "event_queue.types", "links",
         "status.snapshot", "candlepin.recent", "signals", "candlepin", "event_queue", "status",
+        "tasks.compat",
     ),
     # 1: settings, tables, logging
     ("conf", "models", "log", "libpq", "registry"),
@@ -26,10 +27,14 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "fencing", "election", "candlepin.options", "candlepin.message", "candlepin.diagnosis",
         "candlepin.connection", "candlepin.depth_probe", "event_queue.batch", "event_queue.push",
-        "event_queue.gauges", "event_queue.listener", "event_queue.maintenance",
+        "event_queue.gauges", "event_queue.careful_lock", "event_queue.listener", "event_queue.maintenance",
+        "tasks.policy",
     ),
-    ("handlers.base", "event_queue.consumer", "candlepin.dispatch"),
-    ("candlepin.burst", "events", "testing"),
+    # (with the Django Tasks backend's part the runner runs: execute, upkeep)
+    ("handlers.base", "event_queue.consumer", "candlepin.dispatch", "tasks.execute", "tasks.upkeep"),
+    ("candlepin.burst", "events", "testing", "tasks.summary"),
+    # the Django Tasks backend: what callers use
+    ("tasks.results", "tasks.backend"),
     # 3: the status rows, written (store) and read (report), below everything that runs
     ("status.store", "status.depth_warnings", "status.report"),
     # 4: the handlers that assemble the parts, and their supervision
@@ -39,7 +44,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("runner",),
     ("lifecycle",),
     # 6: Django glue
-    ("checks", "views", "metrics", "admin", "templatetags", "urls", "contrib", "management", "apps", "__init__"),
+    (
+        "checks", "views", "metrics", "admin", "templatetags", "urls", "contrib", "management", "apps", "__init__",
+        "tasks",
+    ),
 ]  # fmt: skip
 
 

@@ -239,7 +239,7 @@ def read_command_text(client, detailed: bool) -> Observed:
     statuses, messages, name = {}, {}, ""
     for line in text.splitlines():
         stripped = line.strip()
-        if line.startswith("    ") and not line.startswith("        ") and stripped.endswith(":"):
+        if not line.startswith(" ") and stripped.endswith(":"):  # hammer ping: a service at column 0
             name = stripped[:-1]
         elif stripped.startswith("Status:"):
             statuses[name] = stripped.split(":", 1)[1].strip()

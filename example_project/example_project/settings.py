@@ -7,6 +7,8 @@
   localhost with guest/guest).
 - ``CANDLEPIN_QUEUE``: the STOMP destination (default ``/queue/katello.candlepin``).
 - ``KATELLO_EVENTS_LOCK_FILE``: the election lock file (default: inside ``var/``).
+- ``KATELLO_UNKNOWN_CONSUMER_GRACE``: seconds a message about an unknown host is retried before
+  it is skipped (default 10; see ``KATELLO_UNKNOWN_CONSUMER_GRACE`` below).
 """
 
 import os
@@ -89,6 +91,15 @@ KATELLO_EVENTS = {
         },
     },
 }
+
+# The example domain's Candlepin handlers (katello/candlepin_events.py, docs/candlepin.md):
+# - a message about a host (or an organization) this application does not have is retried for
+#   this many seconds after Candlepin sent it (its registration may not have committed yet), then
+#   skipped: counted "skipped", logged at DEBUG, never failed or dead. 0: skipped at once.
+KATELLO_UNKNOWN_CONSUMER_GRACE = float(os.environ.get("KATELLO_UNKNOWN_CONSUMER_GRACE", "10"))
+# - what the messages do not carry (a pool's quantity) is asked of this class (dotted path): the
+#   example has no Candlepin, and its stand-in knows nothing. A real project names its own.
+KATELLO_CANDLEPIN_API = "katello.candlepin_api.NoCandlepinApi"
 
 # Error pages (DEBUG) hide settings by name; this filter also hides the password inside
 # CANDLEPIN_BROKER_URL, which sits in a value.

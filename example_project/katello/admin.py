@@ -3,7 +3,7 @@ from django.contrib import admin
 from katello import models
 
 for model in (
-    models.Product, models.Subscription, models.Pool, models.ActivationKey, models.Erratum,
+    models.Organization, models.Product, models.Subscription, models.Pool, models.ActivationKey, models.Erratum,
     models.ContentView, models.ContentViewVersion, models.Host,
 ):  # fmt: skip
     admin.site.register(model)

@@ -20,11 +20,23 @@ def auto_publish_composite_view(event) -> None:
         services.publish(composite)
 
 
-@event_handler("generate_host_applicability")
-def generate_host_applicability(event) -> None:
-    host = Host.objects.filter(pk=event.object_id).first()
-    if host is not None:
-        services.recompute_applicability(host)
+@event_handler("generate_host_applicability", batch_size=500)
+def generate_host_applicability(events) -> None:
+    """Hosts whose packages changed: recompute their applicability, up to 500 hosts a call.
+
+    One query for the hosts and one for the errata per call, instead of per host (Katello moved
+    applicability to a batched host queue for this). Hosts deleted meanwhile are skipped.
+    """
+    hosts = Host.objects.filter(pk__in=[event.object_id for event in events])
+    services.recompute_applicability_of(list(hosts))
+
+
+@event_handler(candlepin_events.IMPORT_POOL)
+def import_pool(event) -> None:
+    """A pool's entitlements changed (Candlepin's ``entitlement.*`` messages): read its figures
+    again from Candlepin's API, once per burst of them (coalesced by the pool's id), as Katello's
+    ``import_pool`` event did."""
+    candlepin_events.refresh_pool(event.object_id)
 
 
 if getattr(settings, "KATELLO_EXAMPLE_MESSAGE_HANDLERS", True):

@@ -1,9 +1,28 @@
-"""Hosts, products, subscriptions and pools, content views and errata: enough state that each
-of Katello's event-driven behaviours has something observable to change."""
+"""Organizations, hosts, products, subscriptions and pools, content views and errata: enough state
+that each of Katello's event-driven behaviours has something observable to change."""
 
 from __future__ import annotations
 
 from django.db import models
+
+
+class Organization(models.Model):
+    """An organization, Candlepin's *owner*: its key is the organization's label, as in Katello."""
+
+    #: Content access modes Candlepin knows: "entitlement" (subscriptions attached per host) and
+    #: "org_environment" (simple content access); blank until Candlepin has told us.
+    ENTITLEMENT, SIMPLE_CONTENT_ACCESS = "entitlement", "org_environment"
+
+    name = models.CharField(max_length=200, unique=True)
+    label = models.CharField(max_length=200, unique=True, help_text="Candlepin's owner key.")
+    candlepin_id = models.CharField(
+        max_length=64, unique=True, null=True, blank=True, help_text="Candlepin's owner id."
+    )
+    #: Set by ``owner_content_access_mode.modified``.
+    content_access_mode = models.CharField(max_length=32, blank=True)
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class Product(models.Model):
@@ -16,18 +35,30 @@ class Product(models.Model):
 class Subscription(models.Model):
     name = models.CharField(max_length=200, unique=True)
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="subscriptions")
+    #: Candlepin's id of the subscription (what ``pool.created`` names as ``subscriptionId``).
+    candlepin_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name
 
 
 class Pool(models.Model):
-    """A subscription pool as imported from Candlepin (``pool.created``)."""
+    """A subscription pool as imported from Candlepin (``pool.created``).
+
+    From the message: its id (``entityId``), its product's name (``targetName``), its
+    subscription's id (``eventData.subscriptionId``) and its owner (``ownerId``). The figures
+    only Candlepin's API gives (quantity, consumed) come through ``katello.candlepin_api``, and
+    stay None (unknown) when it cannot tell: never made up.
+    """
 
     candlepin_id = models.CharField(max_length=64, unique=True)
+    organization = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.SET_NULL)
     subscription = models.ForeignKey(Subscription, null=True, blank=True, on_delete=models.SET_NULL)
+    #: ``eventData.subscriptionId`` as Candlepin sent it, known locally or not.
+    candlepin_subscription_id = models.CharField(max_length=64, blank=True)
     product_name = models.CharField(max_length=200, blank=True)
-    quantity = models.IntegerField(default=0)
+    quantity = models.IntegerField(null=True, blank=True, help_text="From Candlepin's API; None: unknown.")
+    consumed = models.IntegerField(null=True, blank=True, help_text="From Candlepin's API; None: unknown.")
     imported_at = models.DateTimeField(auto_now=True)
     #: Set by ``pool.deleted``. Candlepin never reuses a pool id, so a deleted pool stays deleted
     #: even when a late or redelivered message about it arrives afterwards.

@@ -37,18 +37,26 @@ def set_installed_packages(host: Host, packages: list[str]) -> None:
 
 def recompute_applicability(host: Host) -> None:
     """An erratum applies when the host has one of its packages at an older version."""
-    installed = dict(_split(package) for package in host.installed_packages)
-    applicable = [
-        erratum
+    recompute_applicability_of([host])
+
+
+def recompute_applicability_of(hosts: list[Host]) -> None:
+    """:func:`recompute_applicability` for many hosts, reading the errata once."""
+    errata = [
+        (erratum, [(_split(p)[0], _version(_split(p)[1])) for p in erratum.packages])
         for erratum in Erratum.objects.all()
-        if any(
-            name in installed and _version(installed[name]) < _version(version)
-            for name, version in map(_split, erratum.packages)
-        )
     ]
-    host.applicable_errata.set(applicable)
-    host.applicability_updated_at = timezone.now()
-    host.save(update_fields=["applicability_updated_at"])
+    now = timezone.now()
+    for host in hosts:
+        installed = {name: _version(version) for name, version in map(_split, host.installed_packages)}
+        applicable = [
+            erratum
+            for erratum, packages in errata
+            if any(name in installed and installed[name] < version for name, version in packages)
+        ]
+        host.applicable_errata.set(applicable)
+        host.applicability_updated_at = now
+    Host.objects.bulk_update(hosts, ["applicability_updated_at"])
 
 
 def _split(package: str) -> tuple[str, str]:

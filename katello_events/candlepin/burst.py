@@ -5,7 +5,9 @@ run in order inside one transaction on the event queue's database, which first c
 runner's fence (``katello_events.fencing``): a deposed runner commits nothing, and the listener
 acks only what committed. The transaction also ends once it has run ``ACK_DELAY`` (a slow handler
 does not hold back the commit and ack of the messages before it); the rest of the burst goes on
-in the next one.
+in the next one. With the listener's ``INBOX`` a burst runs no handler: each of its messages is
+stored (``dispatch.store_inbox``: one INSERT for the messages in a row), so a burst costs one
+commit, whatever its handlers would have cost.
 
 When a handler raises, its transaction is rolled back and the messages it held run again one at
 a time, each in a transaction of its own (fence check, handler, commit); a handler that fails
@@ -26,15 +28,20 @@ from django.db import DatabaseError, connections, transaction
 
 from katello_events.candlepin.connection import ACK_DELAY
 from katello_events.candlepin.dispatch import (
+    INBOX,
     PROCESSED,
     RUN,
+    SKIPPED,
     Dispatcher,
     Item,
     StoreUnavailable,
     database_unavailable,
     drop_broken_connection,
+    note_skipped,
     store,
+    store_inbox,
 )
+from katello_events.candlepin.message import SkipMessage
 from katello_events.fencing import Fence
 
 #: libpq's PQTRANS_INERROR (psycopg2 and psycopg alike): a statement failed, the transaction is spoilt.
@@ -101,8 +108,15 @@ class BurstRunner:
         try:
             with transaction.atomic(using=self.alias):
                 self.fence.check(self.alias)
-                for position in range(start, len(items)):
-                    outcomes.append(self._settle(items[position], position))
+                position = start
+                while position < len(items):
+                    inbox = _inbox_run(items, position)
+                    if inbox:  # the inbox's messages in a row: one INSERT for them all
+                        outcomes += self._store_inbox(inbox)
+                        position += len(inbox)
+                    else:
+                        outcomes.append(self._settle(items[position], position))
+                        position += 1
                     if time.monotonic() - began >= ACK_DELAY:
                         break
         except DatabaseError as exc:  # beginning, the fence check or the commit: not a handler
@@ -119,15 +133,24 @@ class BurstRunner:
         message, function = item.parsed(), item.function
         assert function is not None  # noqa: S101 - narrows the type: dispatch gives every RUN item its handler
         self.current = (message.subject, message.message_id, time.time())
+        outcome = PROCESSED
         try:
             function(message)
+        except SkipMessage as skip:  # nothing to do: done, like a return
+            note_skipped(message, skip)
+            outcome = SKIPPED
         except BaseException as exc:  # SystemExit & co. too: a failure of this message, not of the thread
             raise _HandlerFailed(position, position + 1, exc) from exc
         if self._spoilt():
             # Committing now would silently roll back every message of the transaction, acked anyway.
             error = SpoiltTransaction("a database error was caught in the handler; wrap such queries in atomic()")
             raise _HandlerFailed(position, position + 1, error)
-        return PROCESSED
+        return outcome
+
+    def _store_inbox(self, items: Sequence[Item]) -> list[str]:
+        message = items[0].parsed()
+        self.current = (message.subject, message.message_id, time.time())
+        return store_inbox(items)
 
     def _spoilt(self) -> bool:
         """Whether a statement failed in the transaction (Django's flag, or libpq's status)."""
@@ -173,3 +196,11 @@ class BurstRunner:
             if database_unavailable(exc):
                 raise StoreUnavailable.of(exc) from exc
             raise
+
+
+def _inbox_run(items: Sequence[Item], start: int) -> Sequence[Item]:
+    """The ``inbox`` items in a row from ``start`` (none when that one is not)."""
+    end = start
+    while end < len(items) and items[end].kind == INBOX:
+        end += 1
+    return items[start:end]

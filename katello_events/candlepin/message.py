@@ -21,6 +21,21 @@ class MalformedMessage(ValueError):
     """
 
 
+class SkipMessage(Exception):  # no "Error" suffix (N818 is off): reads as what the handler asks for
+    """Raised by a ``@message_handler`` function: this message is about nothing this application
+    has (a host registered elsewhere, or deleted a moment ago), so there is nothing to do.
+
+    The message is done, as if the handler had returned: acked, never retried, never dead, its
+    handler's database writes before the raise kept. It is counted ``skipped`` (as well as
+    processed) by the service that ran the handler, the listener (``INBOX: False``) or the event
+    queue (the inbox, and messages stored for a retry), and logged at DEBUG with ``reason``.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "nothing to do")
+        self.reason = reason
+
+
 class CandlepinMessage:
     """One Candlepin event message, as a ``@message_handler`` function receives it.
 

@@ -38,6 +38,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     # None: the queue depth is unknown (shown as such, never guessed).
     "DEPTH_PROBE_URL": None,
     "DEPTH_PROBE_INTERVAL": 10.0,  # seconds between depth readings
+    # True: every well-formed message with a handler is stored in the event queue (one commit per
+    # burst, acked after it) and run there, coalesced by its subject's key. False: handlers run
+    # in the listener, as before. Why True is the default: docs/candlepin.md, "The inbox".
+    "INBOX": True,
 }
 
 DEFAULT_PORT = 61613
@@ -88,6 +92,7 @@ class ListenerSettings:
     reconnect_backoff_max: float
     depth_probe_url: str | None = field(repr=False)
     depth_probe_interval: float
+    inbox: bool = True
 
 
 def parse_options(options: Mapping[str, Any]) -> ListenerSettings:
@@ -179,6 +184,7 @@ def _parse(options: Mapping[str, Any]) -> tuple[ListenerSettings | None, list[Op
             name.lower(): take(name, _positive_seconds)
             for name in ("CONNECT_TIMEOUT", "RECONNECT_BACKOFF", "RECONNECT_BACKOFF_MAX", "DEPTH_PROBE_INTERVAL")
         },
+        "inbox": take("INBOX", _bool),
     }
     errors += _consistency(values)
     if errors:
@@ -220,6 +226,13 @@ def _positive_seconds(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise OptionsError(key, f"must be a positive number of seconds, not {value!r}")
     return float(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    # Only a real bool: "false" or 0 read as a choice would be a guess about what was meant.
+    if not isinstance(value, bool):
+        raise OptionsError(key, f"must be True or False, not {value!r}")
+    return value
 
 
 def _heartbeats(key: str, value: Any) -> tuple[int, int]:

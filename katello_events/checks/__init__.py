@@ -20,6 +20,7 @@ from katello_events.checks.election import check_election, check_watchdog
 from katello_events.checks.error_reports import check_reporter_filter
 from katello_events.checks.status import check_status_settings
 from katello_events.conf import KEYS, get_config, unknown_key_message
+from katello_events.links import docs_url
 
 #: Positive numbers, in seconds.
 _INTERVALS = (
@@ -34,7 +35,7 @@ _INTERVALS = (
     "PING_TIMEOUT",
 )
 _DETAIL_AUDIENCES = ("staff", "authenticated", "everyone", "nobody")
-_SHAPE_HINT = "See docs/configuration.md for the shape of KATELLO_EVENTS and its HANDLERS."
+_SHAPE_HINT = f"The shape of KATELLO_EVENTS and its HANDLERS: {docs_url('configuration')}"
 _HANDLER_HINT = "BACKEND must be the dotted path of a katello_events.handlers.Handler subclass."
 
 
@@ -167,5 +168,23 @@ def _check_handlers(handlers: Any) -> list[CheckMessage]:
                 )
             )
             continue
-        messages += check_candlepin_options(name, backend, spec.get("OPTIONS") or {})
+        messages += _check_options(name, backend, spec.get("OPTIONS") or {})
     return messages
+
+
+def _check_options(name: str, backend: type[Any], options: dict[str, Any]) -> list[CheckMessage]:
+    """E006/E007 for the Candlepin listener (an unknown key is E007 there); E017 for an unknown
+    key of any other handler whose ``option_names()`` are known (the event queue's)."""
+    from katello_events.handlers.base import unknown_options
+    from katello_events.handlers.candlepin import CandlepinHandler
+
+    if issubclass(backend, CandlepinHandler):
+        return check_candlepin_options(name, backend, options)
+    return [
+        Error(
+            f"{text}.",
+            hint="Correct or remove it: the handler refuses to start with it (a crash loop). " + _SHAPE_HINT,
+            id="katello_events.E017",
+        )
+        for text in unknown_options(name, backend, options)
+    ]

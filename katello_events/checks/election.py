@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from katello_events.election.lock_path import path_problem
+from katello_events.links import docs_url
 
 
 def check_election(config: Mapping[str, Any]) -> list[CheckMessage]:
@@ -42,7 +43,7 @@ def check_election(config: Mapping[str, Any]) -> list[CheckMessage]:
                 "transaction-pooling proxy such as PgBouncer.",
                 hint="A session-level advisory lock does not survive transaction pooling. Point "
                 "LOCK_DATABASE at an alias that reaches PostgreSQL directly or through a session pool; "
-                "see docs/deployment.md.",
+                f"see {docs_url('deployment', 'not-through-a-transaction-pooling-proxy-pgbouncer')}",
                 id="katello_events.W003",
             )
         )

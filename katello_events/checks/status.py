@@ -1,4 +1,5 @@
-"""System checks of the status settings: queue-depth thresholds, and SQLite for several workers."""
+"""System checks of the status settings: queue-depth thresholds, the FAIL answer's HTTP status,
+and SQLite for several workers."""
 
 from __future__ import annotations
 
@@ -11,7 +12,24 @@ from django.core.checks import CheckMessage, Error, Warning
 
 def check_status_settings(config: Mapping[str, Any], databases: dict[str, Any] | None = None) -> list[CheckMessage]:
     databases = settings.DATABASES if databases is None else databases
-    return _check_thresholds(config.get("QUEUE_DEPTH_WARNING")) + _check_sqlite(config, databases)
+    return (
+        _check_thresholds(config.get("QUEUE_DEPTH_WARNING"))
+        + _check_fail_status(config.get("PING_FAIL_STATUS", 503))
+        + _check_sqlite(config, databases)
+    )
+
+
+def _check_fail_status(value: Any) -> list[CheckMessage]:
+    if value == 200 or (isinstance(value, int) and not isinstance(value, bool) and 500 <= value <= 599):
+        return []
+    return [
+        Error(
+            f"KATELLO_EVENTS['PING_FAIL_STATUS'] must be 200 or a 5xx status, not {value!r}.",
+            hint="503 (the default) for load balancers and uptime checks; 200 for clients that read "
+            "Katello's ping, which answered FAIL with HTTP 200.",
+            id="katello_events.E018",
+        )
+    ]
 
 
 def _check_thresholds(setting: Any) -> list[CheckMessage]:

@@ -1,10 +1,12 @@
-"""What a claimed batch is made of: rows grouped by (event_type, object_id), and the retry policy."""
+"""What a claimed batch is made of: rows grouped by (event_type, object_id), the handler calls
+they make (a chunk of groups per batch-handler call), and the retry policy."""
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from katello_events.event_queue.types import QueuedEvent
 
@@ -64,3 +66,37 @@ def group_rows(rows: Iterable[tuple]) -> list[Group]:
             groups[key] = Group(event_type=row[1], object_id=row[2])
         groups[key].rows.append(row)
     return list(groups.values())
+
+
+@dataclass
+class Chunk:
+    """Groups of one event type whose handler takes many events per call (a batch handler)."""
+
+    event_type: str
+    function: Callable[[list[QueuedEvent]], Any]
+    groups: list[Group] = field(default_factory=list)
+
+    def events(self) -> list[QueuedEvent]:
+        return [group.event() for group in self.groups]
+
+
+def plan_calls(
+    groups: list[Group], batch_handler_of: Callable[[str], tuple[Callable[[list[QueuedEvent]], Any], int] | None]
+) -> list[Group | Chunk]:
+    """The handler calls a batch makes, in order: one per group, except for event types with a
+    batch handler (``batch_handler_of`` gives its function and size, else None), whose groups go
+    in chunks of at most that size, each placed where its first group was."""
+    calls: list[Group | Chunk] = []
+    open_chunks: dict[str, Chunk] = {}
+    for group in groups:
+        batch_handler = batch_handler_of(group.event_type)
+        if batch_handler is None:
+            calls.append(group)
+            continue
+        function, size = batch_handler
+        chunk = open_chunks.get(group.event_type)
+        if chunk is None or len(chunk.groups) >= size:
+            chunk = open_chunks[group.event_type] = Chunk(group.event_type, function)
+            calls.append(chunk)
+        chunk.groups.append(group)
+    return calls

@@ -35,7 +35,6 @@ import json
 import operator
 import time
 import traceback
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,13 +43,14 @@ from django.db.models import Q, Value
 from django.db.models.functions import Now
 
 from katello_events.errors import describe_error
-from katello_events.event_queue.batch import Group, RetryPolicy, group_rows
-from katello_events.event_queue.types import QueuedEvent, RetryLater
+from katello_events.event_queue.batch import Chunk, Group, RetryPolicy, group_rows, plan_calls
+from katello_events.event_queue.careful_lock import ALONE, CarefulLock, Unshared
+from katello_events.event_queue.types import PartialFailure, QueuedEvent, RetryLater
 from katello_events.fencing import FENCE_CTE, UNFENCED, Fence, queue_alias
 from katello_events.log import get_logger
 from katello_events.models import Event
 from katello_events.redaction import redact
-from katello_events.registry import HandlerRegistry, event_handlers
+from katello_events.registry import BatchHandler, HandlerRegistry, event_handlers
 from katello_events.stats import HandlerStats
 
 logger = get_logger(__name__)
@@ -89,17 +89,37 @@ DELETE FROM katello_events_event WHERE id = ANY(ARRAY(
         SELECT id, sum(size) OVER (ORDER BY id) - size AS before
         FROM (
             SELECT id, coalesce(pg_column_size(metadata), 0) AS size FROM katello_events_event
-            WHERE state = 'pending' AND run_after <= statement_timestamp(){fenced}
+            WHERE state = 'pending' AND run_after <= statement_timestamp(){fenced}{partition}
             ORDER BY id LIMIT %s
             FOR UPDATE SKIP LOCKED) AS picked
     ) AS sized WHERE before < %s))
 RETURNING id, event_type, object_id, metadata, attempts, EXTRACT(EPOCH FROM created_at)::float8
 """
-_TAKE_SQL = _PICK_SQL.format(fenced="")
-# The fencing check rides in the claim itself (no round trip of its own): a deposed runner
-# claims nothing, and the fence row stays share-locked until the batch commits.
-# (S608: every piece is a constant of ours; values go as query parameters.)
-_FENCED_TAKE_SQL = "WITH " + FENCE_CTE + _PICK_SQL.format(fenced=" AND EXISTS (SELECT 1 FROM fence)")  # noqa: S608
+# With several consumer threads (CONCURRENCY), each takes only the pairs of its partition: a
+# pair always goes to the same thread, so it is never handled twice at once and its events
+# run in order. The twin sweep needs no filter: twins are of the same pairs.
+PARTITION_SQL = " AND mod(abs(hashtext(event_type || chr(31) || object_id)::bigint), %s) = %s"
+
+
+@functools.cache
+def take_type_sql(*, partitioned: bool) -> str:
+    """More due events of one type, for a batch handler's call (the claim's fence already holds).
+    Parameters: event type, [partitions, partition,] limit, max bytes."""
+    return _PICK_SQL.format(fenced=" AND event_type = %s", partition=PARTITION_SQL if partitioned else "")
+
+
+@functools.cache
+def take_sql(*, fenced: bool, partitioned: bool) -> str:
+    """The claim query. The fencing check rides in it (no round trip of its own): a deposed
+    runner claims nothing, and the fence row stays share-locked until the batch commits.
+    Parameters: [epoch,] [partitions, partition,] batch size, max bytes."""
+    sql = _PICK_SQL.format(
+        fenced=" AND EXISTS (SELECT 1 FROM fence)" if fenced else "",
+        partition=PARTITION_SQL if partitioned else "",
+    )
+    # (S608: every piece is a constant of ours; values go as query parameters.)
+    return "WITH " + FENCE_CTE + sql if fenced else sql
+
 
 # One index probe per pair; the ORM would compile a 100-branch OR for every batch. Bounded
 # like a batch: a count, and the bytes of metadata.
@@ -134,13 +154,14 @@ def _within_bytes(rows: list[tuple], max_bytes: int) -> list[tuple]:
 class _BatchFailed(Exception):
     """A handler raised during the fast path: roll the batch back and go one by one.
 
-    ``group`` is the one whose handler raised (None: a group without a handler); the
-    handler's exception is the ``__cause__``.
+    ``groups`` are those charged for it: the group whose handler raised, or the groups of a
+    batch handler's call (those it named, with :class:`PartialFailure`); none for a group
+    without a handler. The handler's exception is the ``__cause__``.
     """
 
-    def __init__(self, reason: str, group: Group | None = None) -> None:
+    def __init__(self, reason: str, groups: list[Group] | None = None) -> None:
         super().__init__(reason)
-        self.group = group
+        self.groups = groups or []
 
 
 class _TakeCarefully(Exception):
@@ -159,10 +180,19 @@ class BatchConsumer:
         retry: RetryPolicy | None = None,
         registry: HandlerRegistry = event_handlers,
         fence: Fence = UNFENCED,
+        partition: tuple[int, int] | None = None,
+        threads: CarefulLock | None = None,
     ) -> None:
         self.stats = stats
         self.batch_size = batch_size
         self.max_bytes = max_bytes
+        #: (index, count): take only the pairs whose hash falls in this partition (PostgreSQL;
+        #: one consumer per thread, see CONCURRENCY). None: every pair.
+        self.partition = partition if partition and partition[1] > 1 else None
+        #: Shared by the slot's consumer threads: a careful try runs while no batch does.
+        self.threads: CarefulLock | Unshared = threads or ALONE
+        #: Events of the batch in hand (the fast path's; 0 between batches).
+        self.in_progress = 0
         self.retry = retry or RetryPolicy()
         self.registry = registry
         self.alias = queue_alias()
@@ -184,28 +214,32 @@ class BatchConsumer:
         """Handle one batch; the number of (type, object) groups it held (0: queue empty)."""
         groups: list[Group] = []
         path = "fast"
-        culprit: tuple[Group, BaseException] | None = None
+        culprits: list[Group] = []
+        cause: BaseException | None = None
         try:
-            with transaction.atomic(using=self.alias):
+            with self.threads.batch(), transaction.atomic(using=self.alias):
                 groups = group_rows(self._take())
                 if not groups:
                     return 0
                 if self.careful_batches or any(group.attempts for group in groups):
                     raise _TakeCarefully
-                self.stats.set_gauge("in_progress", sum(len(g.rows) for g in groups))
-                for group in groups:
-                    self._run_in_batch(group)
+                self._in_progress(sum(len(g.rows) for g in groups))
+                for call in plan_calls(groups, self._batch_handler_of):
+                    if isinstance(call, Chunk):
+                        self._run_chunk_in_batch(call)
+                    else:
+                        self._run_in_batch(call)
                 self._delete_taken(groups)
         except _BatchFailed as failure:
             path = "one by one"  # rolled back: every group of the batch is pending again, untouched
-            cause = failure.__cause__  # the handler's exception whenever ``group`` is set
-            if failure.group is not None and cause is not None and not isinstance(cause, DatabaseError):
-                culprit = (failure.group, cause)
+            cause = failure.__cause__  # the handler's exception whenever ``groups`` is set
+            if cause is not None and not isinstance(cause, DatabaseError):
+                culprits = failure.groups
         except _TakeCarefully:
             path = "careful"
         finally:
             self.handling = None
-            self.stats.set_gauge("in_progress", 0)
+            self._in_progress(0)
         if path == "fast":
             self._count_processed(groups)
             return len(groups)
@@ -213,10 +247,20 @@ class BatchConsumer:
         careful_all = path == "careful" and self.careful_batches > 0
         if careful_all:
             self.careful_batches -= 1
-        if culprit is not None:
-            self._charge_failure(*culprit)
-        self._one_by_one([g for g in groups if culprit is None or g is not culprit[0]], careful_all=careful_all)
+        if culprits and cause is not None:
+            self._charge_failures(culprits, cause)
+        charged = {id(group) for group in culprits}
+        self._one_by_one([g for g in groups if id(g) not in charged], careful_all=careful_all)
         return len(groups)
+
+    def _batch_handler_of(self, event_type: str) -> tuple[Any, int] | None:
+        function = self.registry.get(event_type)
+        return (function, function.batch_size) if isinstance(function, BatchHandler) else None
+
+    def _in_progress(self, count: int) -> None:
+        self.in_progress = count
+        if self.partition is None:  # one of several threads: the slot adds them up
+            self.stats.set_gauge("in_progress", count)
 
     # -- taking a batch ------------------------------------------------------------------------
 
@@ -230,19 +274,24 @@ class BatchConsumer:
         connection = connections[self.alias]
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
-                if self.fence.active:
-                    cursor.execute(_FENCED_TAKE_SQL, [self.fence.epoch, self.batch_size, self.max_bytes])
-                else:
-                    cursor.execute(_TAKE_SQL, [self.batch_size, self.max_bytes])
+                fenced = self.fence.active
+                params = [self.fence.epoch] if fenced else []
+                if self.partition:
+                    params += [self.partition[1], self.partition[0]]
+                sql = take_sql(fenced=fenced, partitioned=self.partition is not None)
+                cursor.execute(sql, [*params, self.batch_size, self.max_bytes])
                 rows = cursor.fetchall()
                 if not rows:
                     self.fence.check(self.alias)  # empty, or deposed? Only asked when idle.
+                full = len(rows) == self.batch_size
                 if self._sweep_due(rows):
                     pairs = sorted({(row[1], row[2]) for row in rows})
                     twins_limit = TWINS_PER_BATCH * self.batch_size
                     types, objects = [t for t, _ in pairs], [o for _, o in pairs]
                     cursor.execute(_TAKE_TWINS_SQL, [types, objects, twins_limit, self.max_bytes])
-                    rows += self._swept(cursor.fetchall(), full_batch=len(rows) == self.batch_size)
+                    rows += self._swept(cursor.fetchall(), full_batch=full)
+                if full:
+                    rows += self._more_for_batch_handlers(cursor, rows)
             # created_at comes as epoch seconds: the driver's timestamptz loader costs more per row
             # than the rest of a no-op event's handling put together.
             return [(*row[:3], _decode_json(row[3]), row[4], datetime.fromtimestamp(row[5], UTC)) for row in rows]
@@ -258,6 +307,23 @@ class BatchConsumer:
             twins = twins[: TWINS_PER_BATCH * self.batch_size]
             rows += self._swept(_within_bytes(list(twins), self.max_bytes), full_batch=len(rows) == self.batch_size)
         return rows
+
+    def _more_for_batch_handlers(self, cursor: Any, rows: list[tuple]) -> list[tuple]:
+        """From a deep queue: enough more due events of each batch-handled type of the batch to
+        fill one call (``batch_size`` objects), beyond ``BATCH_SIZE``."""
+        pairs: dict[str, set[str]] = {}
+        for row in rows:
+            pairs.setdefault(row[1], set()).add(row[2])
+        more: list[tuple] = []
+        for event_type, objects in pairs.items():
+            batch_handler = self._batch_handler_of(event_type)
+            wanted = batch_handler[1] - len(objects) if batch_handler else 0
+            if wanted > 0:
+                partition = [self.partition[1], self.partition[0]] if self.partition else []
+                sql = take_type_sql(partitioned=self.partition is not None)
+                cursor.execute(sql, [event_type, *partition, wanted, self.max_bytes])
+                more += cursor.fetchall()
+        return more
 
     def _sweep_due(self, rows: list[tuple]) -> bool:
         """Whether to take the other pending events of this batch's pairs too.
@@ -297,26 +363,91 @@ class BatchConsumer:
         try:
             function(group.event())
         except BaseException as exc:  # SystemExit, KeyboardInterrupt... from a handler: its failure
-            raise _BatchFailed("a handler raised", group) from exc
+            raise _BatchFailed("a handler raised", [group]) from exc
 
-    # -- the slow path: one group per transaction --------------------------------------------
+    def _run_chunk_in_batch(self, chunk: Chunk) -> None:
+        """A batch handler's call in the batch's transaction; any failure rolls the batch back
+        (the groups named by a PartialFailure, or all of the call's, are charged)."""
+        self.handling = (chunk.event_type, _objects(chunk.groups), time.time())
+        try:
+            chunk.function(chunk.events())
+        except PartialFailure as exc:
+            raise _BatchFailed("a batch handler failed for some objects", _named(chunk.groups, exc)) from exc
+        except BaseException as exc:
+            raise _BatchFailed("a batch handler raised", chunk.groups) from exc
 
-    def _one_by_one(self, groups: Iterable[Group], *, careful_all: bool) -> None:
-        for group in groups:
-            careful = careful_all or group.attempts
-            outcome = self._try_carefully(group) if careful else self._run_alone(group)
-            if outcome:
-                self._count(group, outcome)
+    # -- the slow path: one group (or one batch handler's call) per transaction --------------
 
-    def _charge_failure(self, group: Group, error: BaseException) -> None:
-        """The group whose handler raised in the batch: that call was its attempt."""
+    def _one_by_one(self, groups: list[Group], *, careful_all: bool) -> None:
+        """Each group in a transaction of its own (carefully when due); a batch handler's groups
+        that need no careful try go together, one transaction per call."""
+        for call in plan_calls(groups, self._batch_handler_of):
+            if isinstance(call, Chunk) and not careful_all and not any(g.attempts for g in call.groups):
+                with self.threads.batch():
+                    for group, settled in self._run_chunk_alone(call):
+                        self._count(group, settled)
+                continue
+            for group in call.groups if isinstance(call, Chunk) else [call]:
+                outcome: str | None
+                if careful_all or group.attempts:
+                    with self.threads.careful():  # alone: a death now is this group's
+                        outcome = self._try_carefully(group)
+                else:
+                    with self.threads.batch():
+                        outcome = self._run_alone(group)
+                if outcome:
+                    self._count(group, outcome)
+
+    def _charge_failures(self, groups: list[Group], error: BaseException) -> None:
+        """The groups whose handler call raised in the batch: that call was their attempt."""
+        outcomes = []
+        with self.threads.batch(), transaction.atomic(using=self.alias):
+            self.fence.check(self.alias)
+            for group in groups:
+                self._lock(group)
+                if group.rows:
+                    outcomes.append((group, self._settle_raised(group, group.event(), error)))
+        for group, outcome in outcomes:
+            self._count(group, outcome)
+
+    def _run_chunk_alone(self, chunk: Chunk) -> list[tuple[Group, str]]:
+        """A batch handler's call in a transaction of its own: the groups' outcomes.
+
+        Any exception rolls the call's writes back and charges every group of it; a
+        :class:`PartialFailure` keeps them, and charges only the groups it names.
+        """
+        outcomes: list[tuple[Group, str]] = []
         with transaction.atomic(using=self.alias):
             self.fence.check(self.alias)
-            self._lock(group)
-            if not group.rows:
-                return
-            outcome = self._settle_raised(group, group.event(), error)
-        self._count(group, outcome)
+            for group in chunk.groups:
+                self._lock(group)
+            groups = [group for group in chunk.groups if group.rows]
+            if not groups:
+                return []
+            events = [group.event() for group in groups]
+            self.handling = (chunk.event_type, _objects(groups), time.time())
+            savepoint = _savepoint_create(using=self.alias)
+            try:
+                chunk.function(events)
+            except PartialFailure as exc:
+                transaction.savepoint_commit(savepoint, using=self.alias)
+                failed = {id(group) for group in _named(groups, exc)}
+                for group, event in zip(groups, events, strict=True):
+                    if id(group) in failed:
+                        outcomes.append((group, self._settle_raised(group, event, exc)))
+                    else:
+                        self.events.filter(id__in=group.ids).delete()
+                        outcomes.append((group, "processed"))
+                return outcomes
+            except BaseException as exc:  # noqa: BLE001 - anything a handler raises fails its call, nothing more
+                transaction.savepoint_rollback(savepoint, using=self.alias)
+                pairs = zip(groups, events, strict=True)
+                return [(group, self._settle_raised(group, event, exc)) for group, event in pairs]
+            finally:
+                self.handling = None
+            transaction.savepoint_commit(savepoint, using=self.alias)
+            self.events.filter(id__in=[i for group in groups for i in group.ids]).delete()
+            return [(group, "processed") for group in groups]
 
     def _lock(self, group: Group) -> dict[int, Any]:
         """Lock the group's rows still pending (dropping the others from it); id -> mark."""
@@ -342,7 +473,7 @@ class BatchConsumer:
             self.handling = (group.event_type, group.object_id, time.time())
             try:
                 with transaction.atomic(using=self.alias):  # a savepoint: the handler's own writes
-                    function(event)
+                    _call_alone(function, event)
             except BaseException as exc:  # noqa: BLE001 - anything a handler raises fails its event, nothing more
                 return self._settle_raised(group, event, exc)
             finally:
@@ -450,6 +581,36 @@ class BatchConsumer:
                 self.stats.increment("deaths")
             if outcome in ("dead", "unknown", "died_dead"):
                 self.stats.increment("dead")
+
+
+#: Django 6.1 renamed ``transaction.savepoint()`` (deprecated there) to ``savepoint_create()``.
+_savepoint_create = getattr(transaction, "savepoint_create", None) or transaction.savepoint
+
+
+def _call_alone(function: Any, event: QueuedEvent) -> None:
+    """Call an event's handler; a batch handler gets a list of one (a PartialFailure naming
+    the event fails it, naming none leaves it done)."""
+    if not isinstance(function, BatchHandler):
+        function(event)
+        return
+    try:
+        function([event])
+    except PartialFailure as exc:
+        if event.object_id in exc.failed:
+            raise
+
+
+def _named(groups: list[Group], failure: PartialFailure) -> list[Group]:
+    """The groups a PartialFailure names; all of them when it names none of the call's objects
+    (a handler that names unknown objects cannot be trusted to have done the others)."""
+    named = [group for group in groups if group.object_id in failure.failed]
+    return named or groups
+
+
+def _objects(groups: list[Group]) -> str:
+    """What a batch handler's call is about, for the status (the first objects, and a count)."""
+    shown = ", ".join(group.object_id for group in groups[:3])
+    return f"{shown} and {len(groups) - 3} more" if len(groups) > 3 else shown
 
 
 def _decode_json(value: str | None) -> Any:

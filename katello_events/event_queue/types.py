@@ -5,6 +5,7 @@ Free of model imports, so ``katello_events`` can export these before the app reg
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,20 @@ class RetryLater(Exception):  # no "Error" suffix (N818 is off): reads as what t
             raise ValueError("RetryLater needs a delay of zero seconds or more")
         super().__init__(reason or f"retry in {seconds}s")
         self.seconds = float(seconds)
+        self.reason = reason
+
+
+class PartialFailure(Exception):
+    """Raised by a batch handler once it has handled the others: only ``failed`` objects failed.
+
+    The call's database writes are kept (unlike any other exception, which rolls them back),
+    the events of the objects not named are done, and those named are charged a failed attempt
+    and retried with the usual backoff. Name objects by ``event.object_id``.
+    """
+
+    def __init__(self, failed: Iterable[str], reason: str = "") -> None:
+        self.failed = frozenset(str(object_id) for object_id in failed)
+        super().__init__(reason or f"{len(self.failed)} object(s) failed")
         self.reason = reason
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from katello_events.conf import unknown_option_message
 from katello_events.errors import describe_error
 from katello_events.fencing import UNFENCED, Fence
 from katello_events.redaction import redact
-from katello_events.stats import HandlerStats
+from katello_events.stats import HandlerStats, bind_thread
 
-__all__ = ["Handler", "HandlerState", "HandlerStats", "describe_error"]
+__all__ = ["Handler", "HandlerState", "HandlerStats", "describe_error", "unknown_options"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,23 @@ class Handler:
         self._problem: str | None = None
         self._last_tick = time.monotonic()
 
+    @classmethod
+    def option_names(cls) -> Collection[str] | None:
+        """The ``OPTIONS`` keys this handler accepts, or None when it accepts any.
+
+        The supervisor refuses any other key before building the handler, and the system checks
+        report it, both with a "did you mean" suggestion (:func:`unknown_options`). The default
+        reads the ``DEFAULT_OPTIONS`` dict of the module of the nearest class in the MRO that
+        has one (where the built-in handlers keep their defaults); override it otherwise.
+        """
+        for klass in cls.__mro__:
+            if klass is Handler:
+                break
+            defaults = getattr(sys.modules.get(klass.__module__), "DEFAULT_OPTIONS", None)
+            if isinstance(defaults, Mapping):
+                return tuple(defaults)
+        return None
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -88,8 +108,13 @@ class Handler:
         return self._stop_requested.wait(seconds)
 
     def tick(self) -> None:
-        """Tell the supervisor the loop is alive (call once per loop iteration)."""
+        """Tell the supervisor the loop is alive (call once per loop iteration).
+
+        Also binds the calling thread to this slot's counters (``stats.bind_thread``), so what the
+        slot runs in it can add to them (a message handler's ``SkipMessage`` counts ``skipped``).
+        """
         self._last_tick = time.monotonic()
+        bind_thread(self.stats)
 
     def report_problem(self, problem: str | BaseException) -> None:
         """The service cannot do its work now; shown as FAIL with this (redacted) text."""
@@ -101,3 +126,12 @@ class Handler:
     def details(self) -> dict[str, Any]:
         """Extra JSON-serialisable facts for operators; override to add some."""
         return {}
+
+
+def unknown_options(name: str, handler_class: type[Handler], options: Mapping[str, Any]) -> list[str]:
+    """One message per key of ``options`` that handler slot ``name`` does not know, each with a
+    "did you mean" suggestion (empty when all are known, or the handler accepts any key)."""
+    known = handler_class.option_names()
+    if known is None or not isinstance(options, Mapping):
+        return []
+    return [unknown_option_message(name, str(key), known) for key in options if key not in known]

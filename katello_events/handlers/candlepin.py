@@ -27,9 +27,12 @@ from katello_events.candlepin.dispatch import (
     PROCESSED,
     REDELIVERED,
     RETRY_LATER,
+    SKIPPED,
+    STORED,
     Dispatcher,
     StoreUnavailable,
     log_dead_summary,
+    log_key_summary,
 )
 from katello_events.candlepin.options import DEFAULT_OPTIONS, parse_options
 from katello_events.errors import describe_error
@@ -56,6 +59,10 @@ DEPOSED = "deposed: another runner has taken the role"
 #: The counters each outcome of the dispatcher adds to.
 _COUNTERS = {
     PROCESSED: ("processed",),
+    # Its handler raised SkipMessage: done with nothing to do, so processed too.
+    SKIPPED: ("processed", "skipped"),
+    # The inbox: the listener's work on a message is done once it is stored (docs/candlepin.md).
+    STORED: ("processed", "stored"),
     IGNORED: ("ignored",),
     REDELIVERED: ("redelivered",),
     DEFERRED: ("failed", "deferred"),
@@ -72,7 +79,8 @@ class CandlepinHandler(Handler):
     waiting in the listener's queue as one burst; sort them (``Dispatcher.prepare``); settle
     the burst in fenced transactions (``BurstRunner``); ack each message only once its
     transaction has committed: handled, ignored, or stored in the database (failed and
-    redelivered messages go to the event queue, malformed ones are kept as dead events).
+    redelivered messages go to the event queue, malformed ones are kept as dead events). With
+    ``INBOX`` (the default) no handler runs here: every message is stored for the event queue.
     Frames of a lost connection are dropped unacked: the broker delivers them again. So every
     message is handled at least once.
 
@@ -86,7 +94,7 @@ class CandlepinHandler(Handler):
     def __init__(self, name: str, options: dict[str, Any], stats: HandlerStats) -> None:
         self.settings = parse_options(options)  # an OptionsError here is a crash with a clear text
         super().__init__(name, {**DEFAULT_OPTIONS, **options}, stats)
-        self.dispatcher = Dispatcher(self.settings.max_body_bytes)
+        self.dispatcher = Dispatcher(self.settings.max_body_bytes, inbox=self.settings.inbox)
         self.connection: BrokerConnection | None = None
         url = self.settings.depth_probe_url
         self._probe = DepthProbe(url) if url else None
@@ -153,7 +161,7 @@ class CandlepinHandler(Handler):
             return
         finally:
             self._count(settled)
-        if settled.keys() - {PROCESSED, IGNORED}:
+        if settled.keys() - {PROCESSED, SKIPPED, IGNORED}:
             # The event queue may run a stored message at once: its ack must be out before a
             # handler there can take the process down, or the broker would deliver it again.
             connection.flush_acks()
@@ -283,6 +291,7 @@ class CandlepinHandler(Handler):
         if now >= self._next_gauges:
             self._publish_gauges()
             log_dead_summary()
+            log_key_summary()
             self._next_gauges = now + _GAUGE_INTERVAL
         if self._probe is not None and now >= self._next_probe:
             self.stats.set_gauge("queue_depth", self._probe.read())
@@ -304,6 +313,7 @@ class CandlepinHandler(Handler):
             "destination": self.settings.destination,
             "subscription": self.settings.subscription_id,
             "prefetch": self.settings.prefetch,
+            "inbox": self.settings.inbox,
             "handling": _handling(bursts.current if bursts is not None else None),
         }
 

@@ -11,10 +11,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import Error, InterfaceError, OperationalError, connections, transaction
 from django.db.models.functions import Now
 
-from katello_events.conf import get_config, queue_depth_threshold
+from katello_events.conf import get_config, handler_names, queue_depth_threshold
 from katello_events.election.lock_path import UNUSABLE
 from katello_events.errors import NOT_MIGRATED, describe_error, is_missing_table
 from katello_events.models import HandlerStatus
@@ -22,6 +23,12 @@ from katello_events.redaction import redact
 from katello_events.status.snapshot import STALLED
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
+
+#: A slot whose handler crashed and waits for its restart (the supervisor's "restarting in ...").
+CRASHING = "crashing"
+RESTARTING = "restarting"
+#: Every service, when ``KATELLO_EVENTS`` itself is refused (an unknown key): nothing runs.
+MISCONFIGURED = "misconfigured"
 
 #: What untrusted readers may see of a problem: its category, one of these, never its text.
 CATEGORIES = (
@@ -31,9 +38,11 @@ CATEGORIES = (
     UNUSABLE,
     NOT_MIGRATED.split(":", 1)[0],
     "deposed",
-    "restarting",
+    RESTARTING,
     "event queue error",
     "status unreadable",
+    CRASHING,
+    MISCONFIGURED,
 )
 NOT_RUNNING = "Not running"
 #: The public message of a problem in no category (a handler's own report_problem text).
@@ -45,10 +54,35 @@ _OWN_REASONS = {UNUSABLE, NOT_MIGRATED.split(":", 1)[0]}
 DETAIL_KEYS = ("runner", "last_error", "last_error_at", "problem", "restarts", "details")
 
 
-def collect_status() -> dict[str, Any]:
-    """The full status document (every detail), read from the status rows."""
-    config = get_config()
-    names = list(config["HANDLERS"])
+class UnknownServices(ValueError):
+    """A caller asked for services that are not configured (``?services=``, ``--services``)."""
+
+    def __init__(self, unknown: list[str], known: list[str]) -> None:
+        self.unknown, self.known = unknown, known
+        super().__init__(f"unknown service(s): {', '.join(unknown)}; the services are: {', '.join(known) or 'none'}")
+
+
+def select_services(requested: list[str] | None) -> list[str] | None:
+    """The configured services among ``requested`` (None: all); raises :class:`UnknownServices`."""
+    if not requested:
+        return None
+    known = handler_names()
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise UnknownServices(unknown, known)
+    return [name for name in known if name in requested]
+
+
+def collect_status(services: list[str] | None = None) -> dict[str, Any]:
+    """The full status document (every detail), read from the status rows; ``services``
+    restricts it to those (already checked with :func:`select_services`), as Katello's
+    ``ping(services: [...])`` does."""
+    try:
+        config = get_config()
+    except ImproperlyConfigured as exc:
+        # The runner refuses to start with such a setting; every surface says why, not a 500.
+        return unreachable_document(services or handler_names(), f"{MISCONFIGURED}: {redact(str(exc))}")
+    names = [name for name in config["HANDLERS"] if services is None or name in services]
     started = time.monotonic()
     try:
         rows, db_now = _read_rows(names, float(config["PING_TIMEOUT"]))
@@ -56,7 +90,7 @@ def collect_status() -> dict[str, Any]:
         return unreachable_document(names, _read_failure(exc))
     duration_ms = str(round((time.monotonic() - started) * 1000))
     by_name = {row.name: row for row in rows}
-    services = {
+    entries = {
         name: service_entry(
             by_name.get(name),
             db_now,
@@ -67,7 +101,7 @@ def collect_status() -> dict[str, Any]:
         )
         for name in names
     }
-    return {"status": overall(services), "services": services}
+    return {"status": overall(entries), "services": entries}
 
 
 def _read_failure(exc: Error) -> str:
@@ -126,6 +160,13 @@ def service_entry(
     elif not row.running and row.problem.startswith(UNUSABLE):
         # A candidate that cannot compete wrote why: that is what stops the service.
         status, message = FAIL, row.problem
+    elif not row.running and row.problem.startswith(RESTARTING):
+        # The runner lives (its heartbeat says so when fresh) and restarts a crashed handler:
+        # a crash loop (bad OPTIONS, a bug) reads "crashing", never a clean "Not running".
+        if stale:
+            status, message = FAIL, f"Not running (no heartbeat for {age:.0f}s)" if age is not None else "Not running"
+        else:
+            status, message = FAIL, f"{CRASHING}: {row.problem}"
     elif not row.running:
         status, message = FAIL, NOT_RUNNING + (f": {row.problem}" if row.problem else "")
     elif stale:
@@ -152,10 +193,15 @@ def service_entry(
         restarts=row.restarts,
         details=row.details,
     )
+    if isinstance(row.details, dict) and row.details.get("task_queues"):
+        # Counts only, like processed_count: every reader sees them (Django Tasks, docs/tasks.md).
+        entry["task_queues"] = row.details["task_queues"]
     return entry
 
 
 def unreachable_document(names: list[str], reason: str) -> dict[str, Any]:
+    """Every service FAIL with the same ``reason``: the status could not be read, or the settings
+    are refused (``misconfigured: ...``)."""
     services = {name: _entry(FAIL, reason, "0", running=None) for name in names}
     for entry in services.values():
         entry["problem"] = reason

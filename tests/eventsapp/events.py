@@ -38,6 +38,55 @@ def handle_record(event) -> None:
         time.sleep(metadata["sleep"])
 
 
+@event_handler("test.span")
+def handle_span(event) -> None:
+    """Records when its run started and ended, and in which thread (concurrency tests).
+
+    Metadata may ask it to touch a file ("mark") once started, then to sleep ("sleep" seconds).
+    """
+    started = time.time()
+    metadata = dict(event.metadata) if isinstance(event.metadata, dict) else {}
+    if metadata.get("mark"):
+        Path(metadata["mark"]).touch()
+    time.sleep(metadata.get("sleep", 0))
+    Handling.objects.create(
+        uid=str(metadata.get("uid", "")),
+        event_type=event.event_type,
+        object_id=event.object_id,
+        metadata={**metadata, "start": started, "end": time.time(), "thread": threading.current_thread().name},
+        attempts=event.attempts,
+        coalesced=event.coalesced,
+        pid=os.getpid(),
+    )
+
+
+@event_handler("test.batch", batch_size=5)
+def handle_batch(events) -> None:
+    """A batch handler: one Handling row per event, all naming the call. Metadata may ask an
+    event to fail alone ("fail": PartialFailure) or to fail the whole call ("explode")."""
+    import uuid
+
+    from katello_events import PartialFailure
+
+    call = uuid.uuid4().hex
+    for event in events:
+        metadata = event.metadata if isinstance(event.metadata, dict) else {}
+        Handling.objects.create(
+            uid=str(metadata.get("uid", "")),
+            event_type=event.event_type,
+            object_id=event.object_id,
+            metadata={**metadata, "call": call, "size": len(events)},
+            attempts=event.attempts,
+            coalesced=event.coalesced,
+            pid=os.getpid(),
+        )
+    if any((e.metadata or {}).get("explode") for e in events):
+        raise RuntimeError("the whole call failed")
+    failed = [e.object_id for e in events if (e.metadata or {}).get("fail")]
+    if failed:
+        raise PartialFailure(failed, "these hosts were not found")
+
+
 @event_handler("test.inspect")
 def handle_inspect(event) -> None:
     """Records what another session sees of this event's row while its handler runs."""
@@ -118,8 +167,17 @@ def record_message(message) -> Handling:
     )
 
 
+#: What the inbox coalesces these subjects by: the example domain's keys (katello/candlepin_events.py).
+CANDLEPIN_COALESCE_BY = {
+    "pool.created": lambda message: message.body.get("entityId"),
+    "pool.deleted": lambda message: message.body.get("entityId"),
+    "compliance.created": lambda message: message.body.get("consumerUuid"),
+    "system_purpose_compliance.created": lambda message: message.body.get("consumerUuid"),
+    "owner_content_access_mode.modified": lambda message: message.body.get("entityId"),
+}
+
 for _subject in CANDLEPIN_SUBJECTS:
-    message_handler(_subject)(record_message)
+    message_handler(_subject, coalesce_by=CANDLEPIN_COALESCE_BY.get(_subject))(record_message)
 
 
 @message_handler("testing.record")
@@ -128,6 +186,14 @@ def handle_testing_record(message) -> None:
     record_message(message)
     if message.body.get("sleep"):
         time.sleep(message.body["sleep"])
+
+
+@message_handler("testing.where")
+def handle_testing_where(message) -> None:
+    """Records the run with the name of the thread it ran in: the listener's, or the event queue's."""
+    run = record_message(message)
+    run.metadata = {**run.metadata, "thread": threading.current_thread().name}
+    run.save(update_fields=["metadata"])
 
 
 @message_handler("testing.fail")

@@ -1,4 +1,4 @@
-"""``manage.py ping [--json]``: the status of every handler, like ``hammer ping``.
+"""``manage.py ping [--json] [--services NAME ...]``: the status of the handlers, in ``hammer ping``'s layout.
 
 Reads the shared status rows, so it works from any shell on any host with database access.
 Exit status 1 when any service is FAIL.
@@ -10,9 +10,9 @@ import json
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from katello_events.status.report import FAIL, collect_status
+from katello_events.status.report import FAIL, UnknownServices, collect_status, select_services
 
 
 class Command(BaseCommand):
@@ -21,20 +21,37 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--json", action="store_true", help="Print the full status document as JSON.")
+        parser.add_argument(
+            "--services",
+            nargs="+",
+            metavar="SERVICE",
+            help="Only these services (names separated by spaces or commas); an unknown one exits 2.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        document = collect_status()
+        requested = [name.strip() for item in options["services"] or [] for name in item.split(",") if name.strip()]
+        try:
+            services = select_services(requested)
+        except UnknownServices as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        document = collect_status(services)
         if options["json"]:
             self.stdout.write(json.dumps(document, indent=2, sort_keys=True))
         else:
-            self._print_text(document)
+            self.stdout.write(hammer_layout(document))
         if document["status"] == FAIL:
             sys.exit(1)
 
-    def _print_text(self, document: dict[str, Any]) -> None:
-        self.stdout.write("katello_events:")
-        for name, service in document["services"].items():
-            self.stdout.write(f"    {name}:")
-            self.stdout.write(f"        Status:          {service['status']}")
-            self.stdout.write(f"        message:         {service['message']}")
-            self.stdout.write(f"        Server Response: Duration: {service['duration_ms']}ms")
+
+def hammer_layout(document: dict[str, Any]) -> str:
+    """The services as ``hammer ping`` prints them: each name at column 0, its fields at 4, the
+    field labels padded to one width (``Status:          ok``)."""
+    lines = []
+    for name, service in document["services"].items():
+        lines += [
+            f"{name}:",
+            f"    Status:          {service['status']}",
+            f"    message:         {service['message']}",
+            f"    Server Response: Duration: {service['duration_ms']}ms",
+        ]
+    return "\n".join(lines)

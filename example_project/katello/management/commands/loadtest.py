@@ -53,7 +53,8 @@ class Command(BaseCommand):
         product, key = self._setup(run)
         uuids = self._register(run, key, hosts)
         with self._publisher() as publisher:
-            publisher.send(simulator.pool_created(pool_id, product.name, f"Loadtest subscription {run}", hosts))
+            # Candlepin's shape: the pool's id, product name and subscription id; no quantity.
+            publisher.send(simulator.pool_created(pool_id, subscription_id(run), product.name))
             self._publish_each(publisher, uuids, "register", lambda u: [
                 simulator.entitlement_created(pool_id, u),
                 simulator.compliance_created(u, "valid"),
@@ -65,7 +66,7 @@ class Command(BaseCommand):
 
         product.delete()  # the subscription goes with it; Candlepin then tells us the rest
         with self._publisher() as publisher:
-            publisher.send(simulator.pool_deleted(pool_id))
+            publisher.send(simulator.pool_deleted(pool_id, product.name))
             self._publish_each(publisher, uuids, "remove", lambda u: [
                 simulator.entitlement_deleted(pool_id, u),
                 simulator.compliance_created(u, "invalid", ["Not covered by a valid subscription."]),
@@ -76,7 +77,7 @@ class Command(BaseCommand):
 
         messages = 1 + 3 * hosts + 1 + 2 * hosts
         after = self._wait_for_counts(before, hosts, messages, timeout)
-        problems = verify(in_run, pool_id, hosts, dead_before)
+        problems = verify(in_run, pool_id, hosts, dead_before, subscription=subscription_id(run), product=product.name)
         self._report(hosts, elapsed, before, after, rss_before, runner_rss_mb(after), messages, problems)
         if problems:
             sys.exit(1)
@@ -85,7 +86,9 @@ class Command(BaseCommand):
 
     def _setup(self, run: str) -> tuple[Product, ActivationKey]:
         product = Product.objects.create(name=f"Loadtest product {run}")
-        subscription = Subscription.objects.create(name=f"Loadtest subscription {run}", product=product)
+        subscription = Subscription.objects.create(
+            name=f"Loadtest subscription {run}", product=product, candlepin_id=subscription_id(run)
+        )
         return product, ActivationKey.objects.create(name=f"loadtest-{run}", subscription=subscription)
 
     def _register(self, run: str, key: ActivationKey, count: int) -> list[str]:
@@ -158,6 +161,9 @@ class Command(BaseCommand):
         failed = delta(before, after, "katello_events", "failed_count") + delta(
             before, after, "candlepin_events", "failed_count"
         )
+        skipped = counter_delta(before, after, "katello_events", "skipped") + counter_delta(
+            before, after, "candlepin_events", "skipped"
+        )
         rss = f"{rss_before:.1f} MB -> {rss_after:.1f} MB" if rss_before and rss_after else "unknown (runner elsewhere)"
         lines = [
             f"hosts:            {hosts}",
@@ -165,6 +171,7 @@ class Command(BaseCommand):
             f"events handled:   {events} (applicability and coalesced runs)",
             f"messages handled: {handled} of {messages} published",
             f"failed:           {failed}",
+            f"skipped:          {skipped} (messages about hosts this application does not have)",
             f"throughput:       {(events + handled) / elapsed:.0f} handled/s",
             f"runner RSS:       {rss}",
             "verification:     " + ("OK" if not problems else "INCONSISTENT"),
@@ -175,6 +182,20 @@ class Command(BaseCommand):
 
 def delta(before: dict, after: dict, service: str, counter: str) -> int:
     return (after["services"][service].get(counter) or 0) - (before["services"][service].get(counter) or 0)
+
+
+def counter_delta(before: dict, after: dict, service: str, counter: str) -> int:
+    """The growth of one of a service's ``counters`` (``skipped``...)."""
+
+    def value(document: dict) -> int:
+        return int((document["services"][service].get("counters") or {}).get(counter) or 0)
+
+    return value(after) - value(before)
+
+
+def subscription_id(run: str) -> str:
+    """The Candlepin id of the run's subscription (what ``pool.created`` names)."""
+    return f"sub-{run}"
 
 
 def runner_rss_mb(document: dict[str, Any]) -> float | None:
@@ -194,9 +215,22 @@ def runner_rss_mb(document: dict[str, Any]) -> float | None:
     return None
 
 
-def verify(hosts, pool_id: str, count: int, dead_before: int = 0) -> list[str]:
+def verify(
+    hosts,
+    pool_id: str,
+    count: int,
+    dead_before: int = 0,
+    *,
+    subscription: str | None = None,
+    product: str | None = None,
+) -> list[str]:
     """What is wrong with the final state (empty: consistent)."""
     problems = []
+    pool = Pool.objects.filter(candlepin_id=pool_id).first()
+    if pool is not None and subscription is not None and pool.candlepin_subscription_id != subscription:
+        problems.append(f"pool {pool_id} names subscription {pool.candlepin_subscription_id!r}, not {subscription!r}")
+    if pool is not None and product is not None and pool.product_name != product:
+        problems.append(f"pool {pool_id} names product {pool.product_name!r}, not {product!r}")
     attached = hosts.filter(pools__candlepin_id=pool_id).count()
     if attached:
         problems.append(f"{attached} host(s) still attached to the removed pool {pool_id}")

@@ -12,9 +12,11 @@ from django.core.management.base import BaseCommand
 from katello import candlepin_simulator as simulator
 from katello import services
 from katello.management.commands.simulate_candlepin import candlepin_options
-from katello.models import ActivationKey, ContentView, Erratum, Host, Product, Subscription
+from katello.models import ActivationKey, ContentView, Erratum, Host, Organization, Product, Subscription
 
 HOSTS = 5
+#: The Candlepin id of the example's subscription (what its pool's pool.created names).
+SUBSCRIPTION_ID = "example-subscription-rhel-premium"
 
 
 class Command(BaseCommand):
@@ -24,8 +26,13 @@ class Command(BaseCommand):
         parser.add_argument("--no-broker", action="store_true", help="Skip the Candlepin messages.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        Organization.objects.get_or_create(
+            label=simulator.OWNER_KEY, defaults={"name": "Default Organization", "candlepin_id": simulator.OWNER_ID}
+        )
         product, _ = Product.objects.get_or_create(name="Red Hat Enterprise Linux Server")
-        subscription, _ = Subscription.objects.get_or_create(name="RHEL Premium", product=product)
+        subscription, _ = Subscription.objects.get_or_create(
+            name="RHEL Premium", product=product, defaults={"candlepin_id": SUBSCRIPTION_ID}
+        )
         key, _ = ActivationKey.objects.get_or_create(name="rhel-servers", subscription=subscription)
         Erratum.objects.get_or_create(errata_id="RHSA-2026:1001", defaults={"packages": ["openssl-3.0.8"]})
         Erratum.objects.get_or_create(errata_id="RHBA-2026:1002", defaults={"packages": ["bash-5.2.26"]})
@@ -51,9 +58,14 @@ class Command(BaseCommand):
         settings = candlepin_options()
         pool_id = "example-pool-rhel-premium"
         with simulator.Publisher(settings["BROKER_URL"], settings["DESTINATION"]) as publisher:
-            publisher.send(simulator.pool_created(pool_id, "Red Hat Enterprise Linux Server", "RHEL Premium", 100))
+            publisher.send(simulator.pool_created(pool_id, SUBSCRIPTION_ID, "Red Hat Enterprise Linux Server"))
+            publisher.send(simulator.owner_content_access_mode_modified("entitlement"))
             for host in hosts:
                 publisher.send(simulator.entitlement_created(pool_id, host.consumer_uuid))
                 publisher.send(simulator.compliance_created(host.consumer_uuid, "valid"))
-                publisher.send(simulator.system_purpose_compliance_created(host.consumer_uuid, "matched"))
+                publisher.send(
+                    simulator.system_purpose_compliance_created(
+                        host.consumer_uuid, "matched", role="Red Hat Enterprise Linux Server"
+                    )
+                )
         self.stdout.write(f"Candlepin messages published to {settings['DESTINATION']}")
