@@ -97,8 +97,9 @@ def fill(settings, count: int) -> None:
     connection.disconnect(receipt=uuid.uuid4().hex)  # waits until the broker has let go of it
 
 
-def purge(settings) -> int:
-    """Take whatever an earlier, interrupted run left in the queue; the number of messages."""
+def purge(settings, destination: str = DESTINATION) -> int:
+    """Take (auto-ack) whatever waits in ``destination`` (an earlier, interrupted run's
+    messages); the number of messages."""
     connection, address = stomp_connection(settings)
     received = threading.Event()
     seen = {"n": 0}
@@ -110,7 +111,7 @@ def purge(settings) -> int:
 
     connection.set_listener("drain", Drain())
     connection.connect(address.username, address.password, wait=True)
-    connection.subscribe(DESTINATION, id="purge", ack="auto")
+    connection.subscribe(destination, id="purge", ack="auto")
     while received.wait(0.5):  # until half a second passes without a message
         received.clear()
     connection.disconnect(receipt=uuid.uuid4().hex)  # waits until the broker has let go of it

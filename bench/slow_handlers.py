@@ -28,7 +28,6 @@ import os
 import resource
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -318,27 +317,10 @@ def publish_compliance(destination: str, count: int, hosts: int) -> None:
 
 def purge_queue(destination: str) -> int:
     """Take (auto-ack) whatever waits in ``destination``; the number of messages."""
-    import stomp
-
+    from bench.candlepin import purge
     from katello_events.candlepin.options import parse_options
 
-    address = parse_options({"BROKER_URL": BROKER_URL}).brokers[0]
-    connection = stomp.Connection12([(address.host, address.port)], vhost="/", auto_decode=False)
-    received = threading.Event()
-    seen = {"n": 0}
-
-    class Drain(stomp.ConnectionListener):
-        def on_message(self, frame) -> None:
-            seen["n"] += 1
-            received.set()
-
-    connection.set_listener("drain", Drain())
-    connection.connect(address.username, address.password, wait=True)
-    connection.subscribe(destination, id="purge", ack="auto")
-    while received.wait(0.5):  # until half a second passes without a message
-        received.clear()
-    connection.disconnect(receipt=uuid.uuid4().hex)
-    return seen["n"]
+    return purge(parse_options({"BROKER_URL": BROKER_URL}), destination)
 
 
 class AckClock:

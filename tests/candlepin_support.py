@@ -279,3 +279,34 @@ def problem(runner) -> str | None:
 def uid_of(message: tuple[dict, bytes]) -> str:
     """The Candlepin event id of a message made by :func:`subject_message`."""
     return json.loads(message[1])["id"]
+
+
+@contextlib.contextmanager
+def fenced_listener_thread(destination: str, **options: Any) -> Iterator[Any]:
+    """A listener on ``destination`` in a thread of its own, holding a runner's term taken now (no
+    runner around it, so nothing else reacts when the term ends); stopped and joined on exit."""
+    import os
+
+    from django.db import connections
+
+    from katello_events.fencing import Fence, take_epoch
+    from katello_events.handlers.candlepin import CandlepinHandler
+    from katello_events.stats import HandlerStats
+
+    handler = CandlepinHandler("candlepin_events", {**FAST, "DESTINATION": destination, **options}, HandlerStats())
+    handler.fence = Fence(take_epoch("test", os.getpid(), lock_timeout=5))
+
+    def run() -> None:
+        try:
+            handler.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name="katello-events:candlepin_events", daemon=True)
+    thread.start()
+    try:
+        yield handler
+    finally:
+        handler.stop()
+        thread.join(10)
+    assert not thread.is_alive()

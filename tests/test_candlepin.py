@@ -8,26 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from datetime import datetime
 
 import pytest
-from django.db import OperationalError, connections
+from django.db import OperationalError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from katello_events.candlepin import dispatch
 from katello_events.candlepin.dispatch import MESSAGE_EVENT
-from katello_events.fencing import Fence, take_epoch
-from katello_events.handlers.base import HandlerStats
-from katello_events.handlers.candlepin import DEPOSED, CandlepinHandler
+from katello_events.fencing import take_epoch
+from katello_events.handlers.candlepin import DEPOSED
 from katello_events.models import Event
 from katello_events.testing import drain_events
 from tests.candlepin_support import (
     DIRECT,
-    FAST,
     SUBJECTS,
     consumers_of,
+    fenced_listener_thread,
     leave_unacked,
     messages_in_queue,
     problem,
@@ -347,23 +345,9 @@ def test_the_message_in_hand_is_named_in_the_details(runners, lock_file, destina
 
 @pytest.fixture
 def fenced_listener(destination):
-    """A listener in a thread of its own, holding the runner's term taken now (no runner around it,
-    so nothing else reacts when the term ends)."""
-    handler = CandlepinHandler("candlepin_events", {**FAST, **DIRECT, "DESTINATION": destination}, HandlerStats())
-    handler.fence = Fence(take_epoch("test", os.getpid(), lock_timeout=5))
-
-    def run() -> None:
-        try:
-            handler.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, name="katello-events:candlepin_events", daemon=True)
-    thread.start()
-    yield handler
-    handler.stop()
-    thread.join(10)
-    assert not thread.is_alive()
+    """A listener on the direct path, holding the runner's term taken now."""
+    with fenced_listener_thread(destination, **DIRECT) as handler:
+        yield handler
 
 
 def test_a_deposed_listener_acks_nothing_drops_the_connection_and_consumes_no_more(fenced_listener, destination):

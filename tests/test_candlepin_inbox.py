@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import uuid
 from collections import defaultdict
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 
 import katello_events
 from katello_events.candlepin.burst import BurstRunner
@@ -34,17 +33,16 @@ from katello_events.candlepin.dispatch import (
 )
 from katello_events.candlepin.message import parse_message
 from katello_events.event_queue.push import MAX_OBJECT_ID_LENGTH
-from katello_events.fencing import Fence, queue_alias, take_epoch
-from katello_events.handlers.base import HandlerStats
-from katello_events.handlers.candlepin import DEPOSED, CandlepinHandler
+from katello_events.fencing import queue_alias, take_epoch
+from katello_events.handlers.candlepin import DEPOSED
 from katello_events.models import Event, HandlerStatus
 from katello_events.registry import HandlerRegistry, message_coalescing, message_handlers
 from katello_events.testing import drain_events
 from tests.candlepin_support import (
     BROKER_URL,
     DIRECT,
-    FAST,
     consumers_of,
+    fenced_listener_thread,
     messages_in_queue,
     run_listener,
     send,
@@ -358,21 +356,8 @@ def test_with_inbox_false_the_handler_runs_in_the_listener_as_before(runners, lo
 @pytest.fixture
 def fenced_listener(destination):
     """An inbox listener in a thread of its own, holding a runner's term taken now."""
-    handler = CandlepinHandler("candlepin_events", {**FAST, "DESTINATION": destination}, HandlerStats())
-    handler.fence = Fence(take_epoch("test", os.getpid(), lock_timeout=5))
-
-    def run() -> None:
-        try:
-            handler.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, name="katello-events:candlepin_events", daemon=True)
-    thread.start()
-    yield handler
-    handler.stop()
-    thread.join(10)
-    assert not thread.is_alive()
+    with fenced_listener_thread(destination) as handler:
+        yield handler
 
 
 def test_a_burst_rolled_back_stores_and_acks_nothing_and_the_next_runner_gets_every_message(

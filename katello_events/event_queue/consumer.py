@@ -191,7 +191,7 @@ class BatchConsumer:
         self.partition = partition if partition and partition[1] > 1 else None
         #: Shared by the slot's consumer threads: a careful try runs while no batch does.
         self.threads: CarefulLock | Unshared = threads or ALONE
-        #: Events of the batch in hand (the fast path's; 0 between batches).
+        #: Events of the batch in hand (the fast path's; 0 between batches): the slot reports it.
         self.in_progress = 0
         self.retry = retry or RetryPolicy()
         self.registry = registry
@@ -223,7 +223,7 @@ class BatchConsumer:
                     return 0
                 if self.careful_batches or any(group.attempts for group in groups):
                     raise _TakeCarefully
-                self._in_progress(sum(len(g.rows) for g in groups))
+                self.in_progress = sum(len(g.rows) for g in groups)
                 for call in plan_calls(groups, self._batch_handler_of):
                     if isinstance(call, Chunk):
                         self._run_chunk_in_batch(call)
@@ -239,7 +239,7 @@ class BatchConsumer:
             path = "careful"
         finally:
             self.handling = None
-            self._in_progress(0)
+            self.in_progress = 0
         if path == "fast":
             self._count_processed(groups)
             return len(groups)
@@ -256,11 +256,6 @@ class BatchConsumer:
     def _batch_handler_of(self, event_type: str) -> tuple[Any, int] | None:
         function = self.registry.get(event_type)
         return (function, function.batch_size) if isinstance(function, BatchHandler) else None
-
-    def _in_progress(self, count: int) -> None:
-        self.in_progress = count
-        if self.partition is None:  # one of several threads: the slot adds them up
-            self.stats.set_gauge("in_progress", count)
 
     # -- taking a batch ------------------------------------------------------------------------
 

@@ -353,22 +353,23 @@ class EventQueueHandler(Handler):
         return dataclasses.replace(state, last_tick=min(state.last_tick, *(lane.last_tick for lane in self._lanes)))
 
     def details(self) -> dict[str, Any]:
+        in_progress = sum(lane.consumer.in_progress for lane in self._lanes)
         if self.concurrency == 1:
             return {
                 "batch_size": self.options["BATCH_SIZE"],
                 "notify": self._listener is not None,
+                "in_progress": in_progress,
                 "handling": _handling(self.consumer.handling),
             }
         busy = [lane for lane in self._lanes if lane.consumer.handling is not None]
-        in_flight = sum(lane.consumer.in_progress for lane in self._lanes)
-        self.stats.set_gauge("in_progress", in_flight)
         oldest = min(busy, key=lambda lane: lane.last_tick, default=None)
         return {
             "batch_size": self.options["BATCH_SIZE"],
             "notify": self._listener is not None,
+            "in_progress": in_progress,
             "concurrency": self.concurrency,
             "busy_threads": len(busy),
-            "in_flight": in_flight,
+            "in_flight": in_progress,
             "handling": _handling(oldest.consumer.handling) if oldest else None,
         }
 
