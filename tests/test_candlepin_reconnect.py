@@ -60,6 +60,10 @@ def forwarder(port: int) -> Iterator[None]:
         thread.join(5)
         server.close()
         for sock in sockets:
+            # shutdown() first: a close() alone leaves a recv() blocked in a pipe thread holding
+            # the connection open, and the listener would never see the broker go.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
 
@@ -85,4 +89,26 @@ def test_a_broker_back_from_an_outage_is_reconnected_to_within_a_second_despite_
         wait_for(lambda: Handling.objects.exists(), 10, "the message is handled once the broker is back")
         assert time.monotonic() - back < 2.0, "reconnected at the broker's return, not at the end of the backoff"
         wait_for(lambda: problem(runner) is None, 5, "the problem is cleared")
+    assert snapshot(runner).crashes == 0
+
+
+def test_a_broker_gone_right_after_a_reconnection_is_reported_at_once_not_after_the_backoff(runners, lock_file):
+    """A connection that did not last doubles the backoff; the outage after it must still show at
+    once (found by the chaos suite: the third restart in a row was reported 30 s late)."""
+    from tests.candlepin_support import new_destination
+
+    port = free_port()
+    with forwarder(port):
+        runner = run_listener(
+            runners,
+            lock_file,
+            new_destination(),
+            BROKER_URL=f"stomp://guest:guest@127.0.0.1:{port}",
+            RECONNECT_BACKOFF=30.0,
+            RECONNECT_BACKOFF_MAX=30.0,
+        )
+        wait_for(lambda: snapshot(runner).gauges.get("connected_since"), 10, "connected")
+    gone = time.monotonic()  # the port is closed and the connection cut: a broker that stopped
+    wait_for(lambda: (problem(runner) or "").startswith("broker unreachable"), 10, "the outage is reported")
+    assert time.monotonic() - gone < 5.0, "reported when the connection was lost, not after the 30 s backoff"
     assert snapshot(runner).crashes == 0

@@ -221,6 +221,12 @@ class CandlepinHandler(Handler):
         if not broker or any_port_open(settings):
             self.sleep(self._delay)  # the broker is there and refuses us (or the database is away)
             return
+        if self._problem_kind != "broker":
+            # Known now, not after the backoff: a lost connection with every port closed means
+            # the broker is down, and the status must say so while the backoff runs (up to
+            # RECONNECT_BACKOFF_MAX after connections that did not last).
+            brokers = ", ".join(str(address) for address in settings.brokers)
+            self._complain("broker", f"broker unreachable: {brokers}: connection refused (port closed)")
         # The broker is down (port closed): the backoff grows over a long outage, but the moment
         # it is back is the moment to reconnect. Without this, three restarts in a row left the
         # listener asleep for up to RECONNECT_BACKOFF_MAX after the broker had returned.
