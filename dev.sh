@@ -4,6 +4,7 @@
 #   ./dev.sh test      set up and run the whole test suite (what .ci/run calls) with psycopg 3,
 #                      build and check the package, then the suite without its process tests
 #                      on Django 6 with psycopg2 when Python >= 3.12 exists
+#   ./dev.sh test ARGS one pytest run with those arguments (no Django 6 pass)
 # Each installs what it needs: a virtualenv in .venv (extra "example" or "test"), the packages,
 # PostgreSQL reachability, RabbitMQ with its STOMP plugin. Safe to run again: every step is
 # idempotent.
@@ -172,6 +173,17 @@ EOF
 }
 
 run_tests() {
+  local django6_python="" django6_prep=""
+  if [ $# -eq 0 ] && [ -z "${KATELLO_EVENTS_SKIP_DJANGO6:-}" ]; then
+    django6_python=$(find_python_for_django6)
+  fi
+  mkdir -p "$ROOT/artifacts"
+  if [ -n "$django6_python" ]; then
+    # Its dependencies install meanwhile (nothing runs yet that an install could slow down);
+    # the project itself later, as two editable installs at once would race in its egg-info.
+    ensure_django6_dependencies "$django6_python" >"$ROOT/artifacts/django6-install.log" 2>&1 &
+    django6_prep=$!
+  fi
   ensure_venv test
   ensure_postgres
   ensure_stomp_broker
@@ -182,17 +194,36 @@ run_tests() {
   "$VENV/bin/mypy" katello_events
   say "docs (mkdocs --strict)"
   "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$ROOT/artifacts/site"
-  mkdir -p "$ROOT/artifacts"
   say "package (build, twine check --strict, the wheel's contents)"
   check_package
-  say "pytest on $(describe_env "$VENV/bin/python")"
   local status=0
-  "$VENV/bin/python" -m pytest --junitxml="$ROOT/artifacts/junit.xml" "$@" || status=$?
-  if [ $status -eq 5 ]; then
-    echo "pytest collected no tests" >&2
+  if [ $# -gt 0 ]; then
+    say "pytest $* on $(describe_env "$VENV/bin/python")"
+    "$VENV/bin/python" -m pytest --junitxml="$ROOT/artifacts/junit.xml" "$@" || status=$?
+    [ $status -ne 5 ] || echo "pytest collected no tests" >&2
+    return $status
   fi
-  if [ $status -eq 0 ] && [ $# -eq 0 ] && [ -z "${KATELLO_EVENTS_SKIP_DJANGO6:-}" ]; then
-    run_django6_tests || status=$?
+  # The in-process tests mostly wait on PostgreSQL, the broker and their own deadlines: two
+  # pytest workers halve their time. The process tests (real servers, killed processes, the
+  # broker and PostgreSQL restarted) run alone, one at a time.
+  say "pytest, in-process tests (2 workers), on $(describe_env "$VENV/bin/python")"
+  "$VENV/bin/python" -m pytest -m "not process" -n 2 --junitxml="$ROOT/artifacts/junit.xml" || status=$?
+  if [ $status -eq 0 ]; then
+    say "pytest, process tests, on $(describe_env "$VENV/bin/python")"
+    "$VENV/bin/python" -m pytest -m process --junitxml="$ROOT/artifacts/junit-process.xml" || status=$?
+  fi
+  if [ -n "$django6_prep" ]; then
+    if ! wait "$django6_prep"; then
+      cat "$ROOT/artifacts/django6-install.log" >&2
+      echo "could not install the Django 6 test environment (log above)" >&2
+      return 1
+    fi
+    if [ $status -eq 0 ]; then
+      ensure_django6_project
+      run_django6_tests || status=$?
+    fi
+  elif [ $# -eq 0 ] && [ -z "${KATELLO_EVENTS_SKIP_DJANGO6:-}" ]; then
+    say "no Python >= 3.12 here: skipping the Django 6 pass"
   fi
   return $status
 }
@@ -209,28 +240,51 @@ find_python_for_django6() {  # Django 6 needs Python >= 3.12
   done
 }
 
-run_django6_tests() {  # the suite without its process tests, on the newest Django line, with psycopg2
-  local python venv="$ROOT/.venv-django6" marker="$ROOT/.venv-django6/.installed-test-psycopg2"
-  python=$(find_python_for_django6)
-  if [ -z "$python" ]; then
-    say "no Python >= 3.12 here: skipping the Django 6 pass"
-    return 0
+DJANGO6_VENV="$ROOT/.venv-django6"
+DJANGO6_MARKER="$DJANGO6_VENV/.installed-test-psycopg2"
+
+django6_requirements() {  # python: install_requires and the test extra, psycopg2 for psycopg 3
+  "$1" - <<'EOF'
+import configparser
+
+config = configparser.ConfigParser()
+config.read("setup.cfg")
+lines = config["options"]["install_requires"] + "\n" + config["options.extras_require"]["test"]
+for line in lines.splitlines():
+    requirement = line.split("#")[0].strip()
+    if requirement and not requirement.startswith("psycopg"):
+        print(requirement)
+print("django>=6,<7")
+# The main pass runs on psycopg 3; this one proves the app on the other driver (Django prefers
+# psycopg 3 whenever it can import it, so it is not installed here at all).
+print("psycopg2-binary>=2.9")
+EOF
+}
+
+ensure_django6_dependencies() {  # python: everything but the project itself (run in the background)
+  if [ ! -x "$DJANGO6_VENV/bin/python" ]; then
+    "$1" -m venv "$DJANGO6_VENV"
   fi
-  if [ ! -x "$venv/bin/python" ]; then
-    "$python" -m venv "$venv"
-  fi
-  if [ ! -f "$marker" ] || [ setup.cfg -nt "$marker" ]; then
+  if [ ! -f "$DJANGO6_MARKER" ] || [ setup.cfg -nt "$DJANGO6_MARKER" ]; then
     say "installing the Django 6 test environment (psycopg2 in place of psycopg 3)"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e ".[test]" "django>=6,<7"
-    # The main pass runs on psycopg 3; this one proves the app on the other driver. Django
-    # prefers psycopg 3 whenever it can import it, so it has to go.
-    "$venv/bin/python" -m pip uninstall --quiet --yes psycopg psycopg-binary
-    "$venv/bin/python" -m pip install --quiet "psycopg2-binary>=2.9"
-    touch "$marker"
+    "$DJANGO6_VENV/bin/python" -m pip install --quiet --upgrade pip
+    local requirements
+    mapfile -t requirements < <(django6_requirements "$1")
+    "$DJANGO6_VENV/bin/python" -m pip install --quiet "${requirements[@]}"
   fi
-  say "pytest on $(describe_env "$venv/bin/python")"
-  "$venv/bin/python" -m pytest -q -m "not process" -p no:cacheprovider --junitxml="$ROOT/artifacts/junit-django6.xml"
+}
+
+ensure_django6_project() {  # the project, editable, once the main pass no longer builds in the tree
+  if [ ! -f "$DJANGO6_MARKER" ] || [ setup.cfg -nt "$DJANGO6_MARKER" ]; then
+    "$DJANGO6_VENV/bin/python" -m pip install --quiet --no-deps -e .
+    touch "$DJANGO6_MARKER"
+  fi
+}
+
+run_django6_tests() {  # the suite without its process tests, in the environment made above
+  say "pytest, in-process tests (2 workers), on $(describe_env "$DJANGO6_VENV/bin/python")"
+  "$DJANGO6_VENV/bin/python" -m pytest -q -m "not process" -n 2 -p no:cacheprovider \
+    --junitxml="$ROOT/artifacts/junit-django6.xml"
 }
 
 case "${1:-}" in
