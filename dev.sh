@@ -179,8 +179,8 @@ run_tests() {
   fi
   mkdir -p "$ROOT/artifacts"
   if [ -n "$django6_python" ]; then
-    # Its dependencies install meanwhile (nothing runs yet that an install could slow down);
-    # the project itself later, as two editable installs at once would race in its egg-info.
+    # Its dependencies install while the main environment does; the project itself later, as
+    # two editable installs at once would race in its egg-info.
     ensure_django6_dependencies "$django6_python" >"$ROOT/artifacts/django6-install.log" 2>&1 &
     django6_prep=$!
   fi
@@ -203,21 +203,26 @@ run_tests() {
     [ $status -ne 5 ] || echo "pytest collected no tests" >&2
     return $status
   fi
-  # The in-process tests mostly wait on PostgreSQL, the broker and their own deadlines: two
-  # pytest workers halve their time. The process tests (real servers, killed processes, the
-  # broker and PostgreSQL restarted) run alone, one at a time.
-  say "pytest, in-process tests (2 workers), on $(describe_env "$VENV/bin/python")"
-  "$VENV/bin/python" -m pytest -m "not process" -n 2 --junitxml="$ROOT/artifacts/junit.xml" || status=$?
-  if [ $status -eq 0 ]; then
-    say "pytest, process tests, on $(describe_env "$VENV/bin/python")"
-    "$VENV/bin/python" -m pytest -m process --junitxml="$ROOT/artifacts/junit-process.xml" || status=$?
-  fi
   if [ -n "$django6_prep" ]; then
-    if ! wait "$django6_prep"; then
+    say "waiting for the Django 6 test environment's installation (artifacts/django6-install.log)"
+    if ! wait "$django6_prep"; then  # before any test: an install beside them would slow them
       cat "$ROOT/artifacts/django6-install.log" >&2
       echo "could not install the Django 6 test environment (log above)" >&2
       return 1
     fi
+  fi
+  # Most tests wait (on PostgreSQL, the broker, the servers they start and their own deadlines)
+  # far more than they compute: two pytest workers halve their time. Those that restart the
+  # broker or PostgreSQL ("serial", the chaos suite among them) run alone, one at a time.
+  say "pytest, in-process tests (2 workers), on $(describe_env "$VENV/bin/python")"
+  "$VENV/bin/python" -m pytest -m "not process and not serial" -n 2 --junitxml="$ROOT/artifacts/junit.xml" ||
+    status=$?
+  say "pytest, process tests (2 workers), on $(describe_env "$VENV/bin/python")"
+  "$VENV/bin/python" -m pytest -m "process and not serial" -n 2 --junitxml="$ROOT/artifacts/junit-process.xml" ||
+    status=$?
+  say "pytest, serial tests (alone), on $(describe_env "$VENV/bin/python")"
+  "$VENV/bin/python" -m pytest -m serial --junitxml="$ROOT/artifacts/junit-serial.xml" || status=$?
+  if [ -n "$django6_prep" ]; then
     if [ $status -eq 0 ]; then
       ensure_django6_project
       run_django6_tests || status=$?
@@ -282,9 +287,14 @@ ensure_django6_project() {  # the project, editable, once the main pass no longe
 }
 
 run_django6_tests() {  # the suite without its process tests, in the environment made above
+  local status=0
   say "pytest, in-process tests (2 workers), on $(describe_env "$DJANGO6_VENV/bin/python")"
-  "$DJANGO6_VENV/bin/python" -m pytest -q -m "not process" -n 2 -p no:cacheprovider \
-    --junitxml="$ROOT/artifacts/junit-django6.xml"
+  "$DJANGO6_VENV/bin/python" -m pytest -q -m "not process and not serial" -n 2 -p no:cacheprovider \
+    --junitxml="$ROOT/artifacts/junit-django6.xml" || status=$?
+  say "pytest, serial tests, on $(describe_env "$DJANGO6_VENV/bin/python")"
+  "$DJANGO6_VENV/bin/python" -m pytest -q -m "serial and not process" -p no:cacheprovider \
+    --junitxml="$ROOT/artifacts/junit-django6-serial.xml" || status=$?
+  return $status
 }
 
 case "${1:-}" in

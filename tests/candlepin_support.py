@@ -6,6 +6,7 @@ import base64
 import contextlib
 import http.server
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,9 @@ import stomp
 
 HOST, PORT = "127.0.0.1", 61613
 BROKER_URL = f"stomp://guest:guest@{HOST}:{PORT}"
-QUEUE_PREFIX = "katello.candlepin.test-"
+#: Per test process: a pytest worker that cleans up deletes its own queues, never the ones
+#: another worker's tests are using.
+QUEUE_PREFIX = f"katello.candlepin.test-{os.getpid()}-"
 
 OWNER = "8a8d01f77c5f4a5b017c5f4e9ee70003"
 
@@ -188,7 +191,7 @@ def consumers_of(destination: str) -> int:
 
 
 def delete_test_queues() -> None:
-    """Remove every queue the tests created (one rabbitmqctl call, best effort)."""
+    """Remove every queue this test process created (one rabbitmqctl call, best effort)."""
     expression = (
         f'Prefix = <<"{QUEUE_PREFIX}">>, '
         '[rabbit_amqqueue:delete(Q, false, false, <<"tests">>) || Q <- rabbit_amqqueue:list(<<"/">>), '
@@ -285,8 +288,6 @@ def uid_of(message: tuple[dict, bytes]) -> str:
 def fenced_listener_thread(destination: str, **options: Any) -> Iterator[Any]:
     """A listener on ``destination`` in a thread of its own, holding a runner's term taken now (no
     runner around it, so nothing else reacts when the term ends); stopped and joined on exit."""
-    import os
-
     from django.db import connections
 
     from katello_events.fencing import Fence, take_epoch

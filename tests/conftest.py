@@ -80,13 +80,36 @@ def start(runners, runner: Runner) -> Runner:
     return runner
 
 
+#: Chaos counts reported by the tests of this run, in the process that prints the summary (with
+#: pytest-xdist, the controller: a worker attaches its counts to the test's report).
+_CHAOS_SEEN: dict[str, dict] = {}
+_CHAOS_SENT: set[str] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    from tests.chaos_results import RESULTS
+
+    outcome = yield
+    report = outcome.get_result()
+    for scenario in [name for name in RESULTS if name not in _CHAOS_SENT]:
+        report.user_properties.append(("chaos", [scenario, RESULTS[scenario]]))
+        _CHAOS_SENT.add(scenario)
+
+
+def pytest_runtest_logreport(report) -> None:
+    for name, value in report.user_properties:
+        if name == "chaos":
+            _CHAOS_SEEN[value[0]] = value[1]
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """The chaos scenarios' counts, in CI's log whether they passed or not (-ra hides passing output)."""
-    from tests.chaos_results import RESULTS, summary_line
+    from tests.chaos_results import summary_line
 
-    if RESULTS:
+    if _CHAOS_SEEN:
         terminalreporter.section("chaos results (also in artifacts/chaos.json)")
-        for scenario, counts in RESULTS.items():
+        for scenario, counts in _CHAOS_SEEN.items():
             terminalreporter.write_line(summary_line(scenario, counts))
 
 

@@ -111,6 +111,7 @@ def depth_server():
         yield url
 
 
+@pytest.mark.serial
 @pytest.mark.skipif(not can_control_broker() or os.geteuid() != 0, reason="needs root and rabbitmqctl")
 def test_a_broker_restart_mid_stream_loses_nothing_and_the_listener_reconnects_by_itself(
     runners, lock_file, destination

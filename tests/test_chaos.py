@@ -42,7 +42,8 @@ from tests.chaos_results import record
 from tests.eventsapp.models import Handling
 from tests.support import children, free_port, gunicorn_args, http_get, lock_holders, manage_args, wait_for
 
-pytestmark = [pytest.mark.process, pytest.mark.django_db(transaction=True)]
+# serial: the broker and PostgreSQL are restarted, and the runner killed while both are loaded.
+pytestmark = [pytest.mark.process, pytest.mark.serial, pytest.mark.django_db(transaction=True)]
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to restart services")
 

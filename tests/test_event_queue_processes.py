@@ -64,6 +64,7 @@ def pg_ctl(action: str) -> None:
     )
 
 
+@pytest.mark.serial
 @pytest.mark.skipif(not shutil.which("pg_ctlcluster") or os.geteuid() != 0, reason="needs root and pg_ctlcluster")
 def test_a_postgresql_restart_is_reported_then_survived_without_loss(runners, lock_file):
     push_many(200, sleep=0.02)
