@@ -106,4 +106,3 @@ def _check_storable(document: dict[str, Any]) -> None:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise compat.InvalidTask("task arguments must be valid Unicode text (a lone surrogate)") from None
-
