@@ -403,3 +403,66 @@ def test_the_original_load_test_with_2000_hosts_verifies_clean(start_server, dat
     assert handled >= 10002, "every message handled at least once"
     assert "failed:           0" in report
     assert "skipped:          0" in report
+
+
+# -- pool locks between the event queue's threads ------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pool_deleted_while_another_thread_unlinks_then_links_that_pool_does_not_deadlock(example_handlers):
+    """Found by the 2,000-host load test with CONCURRENCY 4: one thread's batch unlinked a host
+    from a pool, then linked another host to it; meanwhile another thread deleted the pool."""
+    from django.db import connection, connections, transaction
+
+    pool = Pool.objects.create(candlepin_id="pool-locks")
+    first = Host.objects.create(name="first", consumer_uuid="uuid-first")
+    Host.objects.create(name="second", consumer_uuid="uuid-second")
+    first.pools.add(pool)
+    unlinked, deleter_pid, errors = threading.Event(), [], []
+    unlink = _message("entitlement.deleted", consumerUuid="uuid-first", referenceId="pool-locks")
+    link = _message("entitlement.created", consumerUuid="uuid-second", referenceId="pool-locks")
+
+    def unlink_then_link() -> None:  # one consumer thread's batch: a transaction
+        try:
+            with transaction.atomic():
+                candlepin_events.detach_pool(unlink)
+                unlinked.set()
+                wait_for(lambda: _waits_for_a_lock(deleter_pid), 10, "the pool's deletion waits")
+                candlepin_events.attach_pool(link)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def delete_pool() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                deleter_pid.append(cursor.fetchone()[0])
+            assert unlinked.wait(10)
+            candlepin_events.remove_pool(_message("pool.deleted", entityId="pool-locks"))
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=unlink_then_link), threading.Thread(target=delete_pool)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    pool.refresh_from_db()
+    assert pool.deleted_at is not None
+    assert not pool.hosts.exists(), "the deletion, which waited for the links, has the last word"
+
+
+def _waits_for_a_lock(pid: list[int]) -> bool:
+    from django.db import connection
+
+    if not pid:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", [pid[0]])
+        row = cursor.fetchone()
+    return row is not None and row[0] == "Lock"

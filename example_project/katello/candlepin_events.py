@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 import katello_events
@@ -138,9 +138,12 @@ def _event_data(message: CandlepinMessage) -> dict[str, Any]:
 
 # Locks on a pool row, so that the event queue's threads never deadlock on the one pool that
 # thousands of entitlements name: linking a host takes only the foreign key's KEY SHARE lock
-# (links run side by side), updating a pool's figures FOR NO KEY UPDATE (compatible with it), and
-# only pool.deleted takes FOR UPDATE, which waits for the links in progress and makes new ones
-# wait for it (they then see the pool deleted and undo themselves).
+# (links run side by side), unlinking takes the same lock first (_hold), updating a pool's
+# figures FOR NO KEY UPDATE (compatible with it), and only pool.deleted takes FOR UPDATE, which
+# waits for the links and unlinks in progress and makes new ones wait for it (they then see the
+# pool deleted and undo themselves). Without _hold, an unlink held a link row of the pool while
+# pool.deleted held the pool and waited for that row; a later link in the unlinking thread's
+# batch then waited for the pool: a deadlock.
 
 
 def _live_pool(candlepin_id: str, *, lock: bool = False) -> Pool | None:
@@ -149,6 +152,16 @@ def _live_pool(candlepin_id: str, *, lock: bool = False) -> Pool | None:
     pools = Pool.objects.select_for_update(no_key=True) if lock else Pool.objects
     pool, _ = pools.get_or_create(candlepin_id=candlepin_id)
     return None if pool.deleted_at is not None else pool
+
+
+def _hold(pool: Pool) -> None:
+    """FOR KEY SHARE on the pool, as a link's foreign key takes it: before an unlink touches a
+    link row, so that it never holds one while waiting for the pool (PostgreSQL only)."""
+    connection = connections[Pool.objects.db]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {Pool._meta.db_table} WHERE id = %s FOR KEY SHARE", [pool.pk])  # noqa: S608
 
 
 def _apply_api(pool: Pool) -> None:
@@ -216,6 +229,7 @@ def attach_pool(message: CandlepinMessage) -> None:
         host.pools.add(pool)  # waits for a pool.deleted in progress (its FOR UPDATE)...
         if Pool.objects.filter(pk=pool.pk, deleted_at__isnull=False).exists():
             host.pools.remove(pool)  # ...which then has the last word: never linked to a deleted pool
+            # (no _hold needed: the insert above took the pool's KEY SHARE lock already)
 
 
 def detach_pool(message: CandlepinMessage) -> None:
@@ -226,7 +240,9 @@ def detach_pool(message: CandlepinMessage) -> None:
         _refresh_later(pool)
     host = _host(message)
     if pool is not None:
-        host.pools.remove(pool)
+        with transaction.atomic():
+            _hold(pool)
+            host.pools.remove(pool)
 
 
 # -- statuses ------------------------------------------------------------------------------
