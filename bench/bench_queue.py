@@ -35,17 +35,14 @@ DATABASE = "katello_events_bench"
 os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
+from bench import database  # noqa: E402
 from katello_events import pgdriver  # noqa: E402
 
 BATCH = 100
 
 
 def create_database() -> None:
-    admin = pgdriver.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{DATABASE}"')
-    admin.close()
+    database.recreate(DATABASE)
 
 
 def raw_connection():

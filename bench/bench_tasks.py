@@ -33,15 +33,11 @@ DATABASE = "katello_events_bench_tasks"
 os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.tasks_settings"
 
-from katello_events import pgdriver  # noqa: E402
+from bench import database  # noqa: E402
 
 
 def create_database() -> None:
-    admin = pgdriver.connect(host="127.0.0.1", user="postgres", dbname="postgres")
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{DATABASE}"')
-    admin.close()
+    database.recreate(DATABASE)
 
 
 def enqueue_many(task, count: int) -> list:
@@ -104,6 +100,14 @@ def latencies(task, count: int, finished) -> list[float]:
     return samples
 
 
+def measure(model, task, count: int, samples: int) -> dict:
+    """Once ``count`` enqueued tasks have succeeded (result rows of ``model``): their rate, then
+    the latency of ``samples`` single enqueues of ``task`` to the idle worker."""
+    wait_finished(model, {"status": "SUCCESSFUL"}, count)
+    rows = list(model.objects.values_list("started_at", "finished_at"))
+    return {"tasks_per_s": count / span(rows), "latency_ms": latencies(task, samples, None)}
+
+
 def bench_ours(count: int, samples: int) -> dict:
     from bench import task_functions
     from katello_events.models import TaskResultRecord
@@ -111,13 +115,9 @@ def bench_ours(count: int, samples: int) -> dict:
     enqueue_many(task_functions.noop, count)
     runner = start_runner()
     try:
-        wait_finished(TaskResultRecord, {"status": "SUCCESSFUL"}, count)
-        rows = list(TaskResultRecord.objects.values_list("started_at", "finished_at"))
-        rate = count / span(rows)
-        lat = latencies(task_functions.noop, samples, None)
+        return measure(TaskResultRecord, task_functions.noop, count, samples)
     finally:
         runner.stop(30)
-    return {"tasks_per_s": rate, "latency_ms": lat}
 
 
 def bench_tasks_db(count: int, samples: int, interval: float) -> dict:
@@ -134,14 +134,10 @@ def bench_tasks_db(count: int, samples: int, interval: float) -> dict:
         cwd=ROOT / "example_project", env=env,
     )  # fmt: skip
     try:
-        wait_finished(DBTaskResult, {"status": "SUCCESSFUL"}, count)
-        rows = list(DBTaskResult.objects.values_list("started_at", "finished_at"))
-        rate = count / span(rows)
-        lat = latencies(task_functions.noop_db, samples, None)
+        return measure(DBTaskResult, task_functions.noop_db, count, samples)
     finally:
         worker.terminate()
         worker.wait(30)
-    return {"tasks_per_s": rate, "latency_ms": lat}
 
 
 def describe(name: str, figures: dict) -> str:

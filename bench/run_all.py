@@ -67,6 +67,7 @@ slow = _load("slow_handlers", BENCH / "slow_handlers.py")
 from tests.support import Server, free_port, gunicorn_args, http_get, lock_holders, manage_args, server_env  # noqa: E402
 
 DATABASE = bench_queue.DATABASE
+wait_until = slow.wait_until
 LOG_DIR = Path(tempfile.mkdtemp(prefix="katello-bench-"))
 
 
@@ -95,15 +96,6 @@ def handled() -> int:
     with bench_queue.raw_connection() as connection, connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM eventsapp_handling")
         return cursor.fetchone()[0]
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout}s: {what}")
-        time.sleep(interval)
-    return result
 
 
 def rss_mb(pid: int) -> float:

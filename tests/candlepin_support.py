@@ -172,18 +172,23 @@ def can_control_broker() -> bool:
 
 def messages_in_queue(destination: str) -> int:
     """Ready plus unacked messages of a /queue/ destination, as RabbitMQ counts them."""
-    name = destination.removeprefix("/queue/")
-    for line in rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages").splitlines():
-        fields = line.split()
-        if len(fields) == 2 and fields[0] == name:
-            return int(fields[1])
-    return 0
+    return _queue_figure(destination, "messages")
+
+
+def unacked_in_queue(destination: str) -> int:
+    """Messages of a /queue/ destination delivered and not acked, as RabbitMQ counts them."""
+    return _queue_figure(destination, "messages_unacknowledged")
 
 
 def consumers_of(destination: str) -> int:
     """Consumers subscribed to a /queue/ destination, as RabbitMQ counts them."""
+    return _queue_figure(destination, "consumers")
+
+
+def _queue_figure(destination: str, column: str) -> int:
+    """One of ``rabbitmqctl list_queues``' columns for a /queue/ destination (0: no such queue)."""
     name = destination.removeprefix("/queue/")
-    for line in rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "consumers").splitlines():
+    for line in rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", column).splitlines():
         fields = line.split()
         if len(fields) == 2 and fields[0] == name:
             return int(fields[1])

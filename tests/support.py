@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -189,3 +190,15 @@ class DaemonFleet:
 
     def log(self) -> str:
         return "\n".join(server.log() for server in self.all)
+
+
+def run_ping_command(*args: str) -> tuple[int, str]:
+    """``manage.py ping ARGS`` in this process: (exit code, what it printed)."""
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    try:
+        call_command("ping", *args, stdout=out)
+    except SystemExit as exit_:
+        return int(exit_.code or 0), out.getvalue()
+    return 0, out.getvalue()

@@ -50,6 +50,7 @@ from tests.candlepin_support import (
     status_row,
     subject_message,
     uid_of,
+    unacked_in_queue,
 )
 from tests.eventsapp.events import CANDLEPIN_COALESCE_BY, record_message
 from tests.eventsapp.models import Handling
@@ -409,7 +410,7 @@ def test_kill_9_before_the_burst_commits_loses_nothing(start_server, destination
         send(destination, messages)
         wait_for(lambda: _blocked_inserts() >= 1, 30, "the burst waits inside its transaction")
         # Every message delivered to the killed runner: each comes back flagged redelivered.
-        wait_for(lambda: unacked(destination) == len(messages), 30, "all delivered", interval=0.3)
+        wait_for(lambda: unacked_in_queue(destination) == len(messages), 30, "all delivered", interval=0.3)
         os.kill(first.pid, signal.SIGKILL)
         first.process.wait(10)
     assert not Event.objects.exists(), "the killed burst committed nothing"
@@ -424,18 +425,6 @@ def test_kill_9_before_the_burst_commits_loses_nothing(start_server, destination
         runs[run.uid] += 1
         assert run.metadata["redelivered"], "every message came back from the broker"
     assert set(runs.values()) == {1}
-
-
-def unacked(destination: str) -> int:
-    """Messages of a /queue/ destination delivered and not acked, as RabbitMQ counts them."""
-    from tests.candlepin_support import rabbitmqctl
-
-    name = destination.removeprefix("/queue/")
-    for line in rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged").splitlines():
-        fields = line.split()
-        if len(fields) == 2 and fields[0] == name:
-            return int(fields[1])
-    return 0
 
 
 def status_row_or_none() -> HandlerStatus | None:

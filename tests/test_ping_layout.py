@@ -17,6 +17,7 @@ from django.test import override_settings
 
 from katello_events.conf import get_config
 from katello_events.models import HandlerStatus
+from tests.support import run_ping_command
 
 pytestmark = pytest.mark.django_db
 
@@ -30,15 +31,6 @@ def healthy_rows() -> None:
         HandlerStatus.objects.create(name=name, running=True, hostname="h", pid=1, heartbeat_at=timezone.now())
 
 
-def ping_text(*args: str) -> tuple[int, str]:
-    out = StringIO()
-    try:
-        call_command("ping", *args, stdout=out)
-    except SystemExit as exit_:
-        return int(exit_.code or 0), out.getvalue()
-    return 0, out.getvalue()
-
-
 def shape(text: str) -> list[str]:
     """Each line with its numbers and its service name blanked: the layout alone."""
     lines = []
@@ -50,7 +42,7 @@ def shape(text: str) -> list[str]:
 
 def test_the_text_is_hammer_pings_layout_line_for_line():
     healthy_rows()
-    code, text = ping_text("--services", "katello_events", "candlepin_events")
+    code, text = run_ping_command("--services", "katello_events", "candlepin_events")
     assert code == 0
     assert shape(text) == shape(HAMMER)
     assert text.startswith("katello_events:\n    Status:          ok\n")
@@ -58,7 +50,7 @@ def test_the_text_is_hammer_pings_layout_line_for_line():
 
 def test_services_restricts_the_answer_and_an_unknown_one_is_refused(client):
     healthy_rows()
-    code, text = ping_text("--services", "katello_events")
+    code, text = run_ping_command("--services", "katello_events")
     assert (code, [line for line in text.splitlines() if not line.startswith(" ")]) == (0, ["katello_events:"])
     with pytest.raises(CommandError, match=r"unknown service.*nope.*the services are: katello_events") as raised:
         call_command("ping", "--services", "katello_events,nope", stdout=StringIO())

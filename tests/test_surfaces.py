@@ -13,17 +13,15 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from io import StringIO
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
 from django.db import connections
 from django.test import override_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import make_row
-from tests.support import free_port
+from tests.support import free_port, run_ping_command
 
 KE, CP = "katello_events", "candlepin_events"
 BROKER_PROBLEM = "broker unreachable: [Errno 111] Connection refused (broker.example:61613)"
@@ -223,15 +221,6 @@ def read_about(client, detailed: bool) -> Observed:
         {row[0]: row[2] for row in parser.rows},
         html,
     )
-
-
-def run_ping_command(*args: str) -> tuple[int, str]:
-    out = StringIO()
-    try:
-        call_command("ping", *args, stdout=out)
-    except SystemExit as exit_:
-        return int(exit_.code or 0), out.getvalue()
-    return 0, out.getvalue()
 
 
 def read_command_text(client, detailed: bool) -> Observed:
